@@ -1,0 +1,47 @@
+//! The Raft core: one replica of one consensus group as a pure, deterministic state machine.
+//!
+//! Modelled on etcd raft and raft-rs, written anew. No clock (time is [`RawNode::tick`]), no
+//! I/O (the caller persists and sends what [`Ready`] hands over, reading back through
+//! [`LogStore`]), no threads, and randomness only from [`Config::seed`]. That is what lets the
+//! simulator in `engine/tests/sim` replay any fault schedule exactly from its seed.
+//!
+//! What it implements, with the sections of the Raft paper (Ongaro & Ousterhout 2014) and the
+//! dissertation (Ongaro 2014, "thesis") the code cites:
+//! - leader election with randomized timeouts (paper 5.2), pre-vote and check-quorum (thesis 9.6);
+//! - log replication with per-follower flow control: probe / replicate, a bounded in-flight
+//!   window, size-capped appends and fast backtracking on rejection (paper 5.3);
+//! - the commit rule: only entries of the leader's term commit by counting (paper 5.4.2, Fig. 8);
+//! - the persistence contract: votes and append acknowledgements only after the data is durable,
+//!   the leader's own appends in parallel with its write (thesis 10.2.1);
+//! - ReadIndex reads confirmed by a heartbeat round, and lease reads (thesis 6.4, 6.4.1);
+//! - leader transfer with TimeoutNow (thesis 3.10); learners (non-voting members, thesis 4.2.1).
+//!
+//! Membership changes (joint consensus) and log compaction with snapshots arrive with their
+//! issue; the quorum code (`quorum.rs`) already counts joint configurations.
+//!
+//! Deliberate choice: terms and indexes are plain `u64`, as on the wire (`flotilla.raft`
+//! protobuf types are used directly, like raft-rs' eraftpb), to keep the hot paths free of
+//! conversions. Range, node and replica ids get newtypes where they meet the store.
+
+mod config;
+mod core;
+mod error;
+mod log;
+mod progress;
+mod quorum;
+mod raw_node;
+mod read_only;
+mod rng;
+mod step;
+mod storage;
+mod tracker;
+
+pub use self::config::Config;
+pub use self::core::{Role, NONE};
+pub use self::error::{ConfigError, Error, ProposeError, ReadError, StorageError, TransferError};
+pub use self::raw_node::{RawNode, Ready, SoftState, Status};
+pub use self::read_only::ReadState;
+pub use self::storage::{entry_size, InitialState, LogStore, MemStorage};
+pub use flotilla_transport::raft::{
+    ConfState, Entry, EntryType, HardState, Message, MessageType, SnapshotMetadata,
+};

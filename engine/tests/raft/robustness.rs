@@ -1,0 +1,148 @@
+//! Input from peers is untrusted: malformed or out-of-range messages are refused with a reason,
+//! never a panic, and never change the replica's durable state.
+
+use bytes::Bytes;
+use flotilla_engine::raft::{Error, Message, MessageType as T, Role};
+use proptest::prelude::*;
+
+use crate::harness::*;
+
+fn leader_of_three() -> flotilla_engine::raft::RawNode<flotilla_engine::raft::MemStorage> {
+    let mut n = new_node(1, &[1, 2, 3], &[], &|c| c.pre_vote = false);
+    n.campaign().expect("campaign");
+    drive(&mut n);
+    let mut r = msg(T::RequestVoteResponse, 2, 1, 1);
+    r.reject = false;
+    n.step(r).expect("vote");
+    drive(&mut n);
+    assert_eq!(n.status().role, Role::Leader);
+    n
+}
+
+#[test]
+fn malformed_messages_are_refused_with_a_reason() {
+    let mut bad: Vec<(&str, Message)> = Vec::new();
+    let mut m = msg(T::Append, 2, 1, 1);
+    m.msg_type = 99;
+    bad.push(("unknown type", m));
+    bad.push(("wrong recipient", msg(T::Heartbeat, 2, 7, 1)));
+    bad.push(("sender 0", msg(T::Heartbeat, 0, 1, 1)));
+    bad.push(("term 0", msg(T::Heartbeat, 2, 1, 0)));
+    for (what, m) in bad {
+        let mut n = new_node(1, &[1, 2, 3], &[], &|_| {});
+        match n.step(m) {
+            Err(Error::InvalidMessage(reason)) => assert!(!reason.is_empty(), "{what}"),
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn appends_with_broken_entries_are_refused() {
+    let cases: Vec<(&str, Vec<flotilla_engine::raft::Entry>, u64)> = vec![
+        ("gap", vec![entry(1, 1), entry(3, 1)], 0),
+        ("entry term above message term", vec![entry(1, 9)], 0),
+        ("terms going backwards", vec![entry(1, 2), entry(2, 1)], 0),
+        ("index overflow", vec![entry(u64::MAX, 1)], u64::MAX),
+    ];
+    for (what, entries, prev) in cases {
+        let mut n = new_node(1, &[1, 2, 3], &[], &|_| {});
+        let mut m = msg(T::Append, 2, 1, 2);
+        m.index = prev;
+        m.entries = entries;
+        assert!(matches!(n.step(m), Err(Error::InvalidMessage(_))), "{what}");
+        assert_eq!(n.status().last_index, 0, "{what}: nothing appended");
+    }
+}
+
+#[test]
+fn leader_refuses_acks_past_its_log_and_strangers() {
+    let mut n = leader_of_three();
+    let mut ack = msg(T::AppendResponse, 2, 1, 1);
+    ack.index = 1_000;
+    assert!(matches!(n.step(ack), Err(Error::InvalidMessage(_))));
+    let mut stranger = msg(T::AppendResponse, 9, 1, 1);
+    stranger.index = 1;
+    assert!(matches!(n.step(stranger), Err(Error::InvalidMessage(_))));
+    assert_eq!(n.status().committed, 0);
+    // A huge rejection hint is clamped, not followed off the end of the log.
+    let mut reject = msg(T::AppendResponse, 2, 1, 1);
+    reject.reject = true;
+    reject.index = 0;
+    reject.reject_hint = u64::MAX;
+    reject.reject_hint_term = u64::MAX;
+    n.step(reject).expect("a rejection is ordinary traffic");
+}
+
+#[test]
+fn follower_refuses_timeout_now_and_read_answers_from_non_leaders() {
+    let mut n = new_node(1, &[1, 2, 3], &[], &|_| {});
+    n.step(msg(T::Heartbeat, 2, 1, 1)).expect("heartbeat");
+    assert!(matches!(
+        n.step(msg(T::TimeoutNow, 3, 1, 1)),
+        Err(Error::InvalidMessage(_))
+    ));
+    let mut r = msg(T::ReadIndexResponse, 3, 1, 1);
+    r.context = Bytes::from_static(b"x");
+    assert!(matches!(n.step(r), Err(Error::InvalidMessage(_))));
+    assert_eq!(n.status().role, Role::Follower);
+}
+
+fn any_message() -> impl Strategy<Value = Message> {
+    (
+        0i32..14,
+        0u64..5,
+        0u64..5,
+        0u64..6,
+        0u64..8,
+        0u64..8,
+        proptest::collection::vec((0u64..10, 0u64..6), 0..4),
+        0u64..10,
+        any::<bool>(),
+        0u64..10,
+        0u64..6,
+    )
+        .prop_map(
+            |(t, from, to, term, log_term, index, entries, commit, reject, hint, hint_term)| {
+                Message {
+                    msg_type: t,
+                    from,
+                    to,
+                    term,
+                    log_term,
+                    index,
+                    entries: entries.into_iter().map(|(i, t)| entry(i, t)).collect(),
+                    commit,
+                    reject,
+                    reject_hint: hint,
+                    reject_hint_term: hint_term,
+                    ..Message::default()
+                }
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Arbitrary message sequences never panic, and term and commit never go backwards.
+    #[test]
+    fn random_messages_never_panic_or_move_state_backwards(
+        msgs in proptest::collection::vec(any_message(), 1..40),
+        leader in any::<bool>(),
+    ) {
+        let mut n = if leader { leader_of_three() } else { new_node(1, &[1, 2, 3], &[], &|_| {}) };
+        let (mut term, mut commit) = (n.status().term, n.status().committed);
+        for m in msgs {
+            let _ = n.step(m);
+            n.tick().expect("tick");
+            drive(&mut n);
+            let s = n.status();
+            prop_assert!(s.term >= term);
+            prop_assert!(s.committed >= commit);
+            prop_assert!(s.committed <= s.last_index);
+            term = s.term;
+            commit = s.committed;
+        }
+    }
+}
