@@ -1,0 +1,732 @@
+//! One simulated cluster run: an event queue in simulated time, the replicas, the network, the
+//! fault schedule and the clients. Everything random comes from one seeded generator, so a seed
+//! replays exactly.
+//!
+//! A run has two phases. Chaos: faults (crashes with torn writes, partitions, one-way cuts,
+//! leader isolation, clogged links, drops, duplicates, reordering, clock drift) while clients
+//! write and read. Calm: every node restarted, the network healed; then liveness must follow
+//! within a bound: a leader, every new proposal committed, every replica caught up.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use flotilla_engine::raft::{Config, Entry, Message, Role};
+use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::checker::{Check, Checker};
+use crate::linearizability::{OpKind, Operation};
+use crate::network::{Fate, Micros, Network, NetworkConfig, TICK_US};
+use crate::node::{SimNode, Unsynced};
+
+/// Ticks of chaos, then at most this many ticks for the calm phase to converge.
+const CHAOS_TICKS: u64 = 400;
+const CALM_TICKS_MAX: u64 = 300;
+/// A client gives up on an operation after this long (its outcome is then unknown).
+const OP_TIMEOUT_US: Micros = 40 * TICK_US;
+
+enum Event {
+    Tick(u64),
+    Deliver(Message),
+    Sync {
+        node: u64,
+        incarnation: u64,
+    },
+    Restart(u64),
+    Fault,
+    /// Restores every network link (partitions are temporary).
+    NetHeal,
+    /// The chaos phase ends.
+    Heal,
+    Client(usize),
+}
+
+/// How a client operation ended.
+enum Done {
+    /// Definitely never took effect: left out of the history.
+    Failed,
+    Written,
+    Read(Option<u64>),
+}
+
+struct PendingOp {
+    op: Operation,
+    node: u64,
+    /// A write's `(term, index)`; a read's context.
+    proposal: Option<(u64, u64)>,
+    context: u64,
+    deadline: Micros,
+}
+
+struct Client {
+    pending: Option<PendingOp>,
+    /// Where it believes the leader is.
+    target: u64,
+    /// Had a write acknowledged after healing (the liveness goal).
+    calm_write_done: bool,
+}
+
+pub struct Outcome {
+    pub history: Vec<Operation>,
+    pub events: u64,
+    pub committed: u64,
+}
+
+pub struct World {
+    rng: ChaCha8Rng,
+    now: Micros,
+    seq: u64,
+    queue: BTreeMap<(Micros, u64), Event>,
+    ids: Vec<u64>,
+    nodes: BTreeMap<u64, SimNode>,
+    net: Network,
+    checker: Checker,
+    clients: Vec<Client>,
+    history: Vec<Operation>,
+    next_value: u64,
+    calm: bool,
+    events: u64,
+    /// Logical time of the history: strictly increasing, one value per call or return.
+    clock: u64,
+    verbose: bool,
+}
+
+/// Entry payload: key and a value unique across the run.
+fn encode(key: u64, value: u64) -> Bytes {
+    let mut b = Vec::with_capacity(16);
+    b.extend_from_slice(&key.to_be_bytes());
+    b.extend_from_slice(&value.to_be_bytes());
+    Bytes::from(b)
+}
+
+fn decode(data: &[u8]) -> Option<(u64, u64)> {
+    let key = u64::from_be_bytes(data.get(0..8)?.try_into().ok()?);
+    let value = u64::from_be_bytes(data.get(8..16)?.try_into().ok()?);
+    Some((key, value))
+}
+
+impl World {
+    pub fn new(seed: u64, verbose: bool) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let size = if rng.random_bool(0.5) { 3 } else { 5 };
+        let ids: Vec<u64> = (1..=size).collect();
+        let lease_reads = rng.random_bool(0.5);
+        let pre_vote = lease_reads || rng.random_bool(0.8);
+        let base = Config {
+            election_timeout_ticks: 10,
+            heartbeat_interval_ticks: 1,
+            pre_vote,
+            check_quorum: lease_reads || rng.random_bool(0.8),
+            lease_reads,
+            // Drift below is at most 5% each way: et * 2d + 1 = 2 ticks of margin suffice.
+            lease_drift_margin_ticks: 2,
+            max_inflight_msgs: *[1usize, 4, 32, 256].choose(&mut rng).expect("non-empty"),
+            max_size_per_msg_bytes: *[1u64, 200, 4096, 1 << 20]
+                .choose(&mut rng)
+                .expect("non-empty"),
+            seed,
+            ..Config::default()
+        };
+        let drift = rng.random_range(0.0..0.05);
+        let mut nodes = BTreeMap::new();
+        for &id in &ids {
+            let config = Config { id, ..base.clone() };
+            let skew = rng.random_range(-drift..=drift);
+            let tick_us = (TICK_US as f64 * (1.0 + skew)) as u64;
+            nodes.insert(id, SimNode::new(id, config, &ids, tick_us));
+        }
+        let net = Network::new(NetworkConfig::random(&mut rng));
+        let clients = (0..3)
+            .map(|_| Client {
+                pending: None,
+                target: *ids.choose(&mut rng).expect("non-empty"),
+                calm_write_done: false,
+            })
+            .collect();
+        let mut w = Self {
+            rng,
+            now: 0,
+            seq: 0,
+            queue: BTreeMap::new(),
+            checker: Checker::new(ids.len()),
+            ids,
+            nodes,
+            net,
+            clients,
+            history: Vec::new(),
+            next_value: 1,
+            calm: false,
+            events: 0,
+            clock: 0,
+            verbose,
+        };
+        if verbose {
+            println!(
+                "seed {seed}: {size} replicas, pre_vote={pre_vote} lease_reads={lease_reads} \
+                 check_quorum={} network {:?} drift {:.1}%",
+                w.node(1).config.check_quorum,
+                w.net.config,
+                drift * 100.0
+            );
+        }
+        for id in w.ids.clone() {
+            // Random phase so replicas do not tick in lockstep.
+            let phase = w.rng.random_range(0..TICK_US);
+            w.schedule(phase, Event::Tick(id));
+        }
+        for c in 0..w.clients.len() {
+            let at = w.rng.random_range(0..5 * TICK_US);
+            w.schedule(at, Event::Client(c));
+        }
+        let first_fault = w.rng.random_range(10..40) * TICK_US;
+        w.schedule(first_fault, Event::Fault);
+        w.schedule(CHAOS_TICKS * TICK_US, Event::Heal);
+        w
+    }
+
+    fn node(&self, id: u64) -> &SimNode {
+        &self.nodes[&id]
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut SimNode {
+        self.nodes.get_mut(&id).expect("simulated node exists")
+    }
+
+    fn schedule(&mut self, delay: Micros, event: Event) {
+        self.seq += 1;
+        self.queue.insert((self.now + delay, self.seq), event);
+    }
+
+    fn tick_clock(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    fn say(&self, what: impl FnOnce() -> String) {
+        if self.verbose {
+            println!(
+                "{:>8.1} ticks  {}",
+                self.now as f64 / TICK_US as f64,
+                what()
+            );
+        }
+    }
+
+    /// Runs the whole schedule; returns the client history for the linearizability check.
+    pub fn run(mut self) -> Result<Outcome, String> {
+        let calm_deadline = (CHAOS_TICKS + CALM_TICKS_MAX) * TICK_US;
+        while let Some(((at, _), event)) = self.queue.pop_first() {
+            self.now = at;
+            self.events += 1;
+            self.handle(event)?;
+            self.checker
+                .check_durable_quorum(self.nodes.values().map(|n| &n.durable_log))?;
+            if self.calm && self.converged() {
+                break;
+            }
+            if self.now > calm_deadline {
+                return Err(format!(
+                    "liveness: not converged {CALM_TICKS_MAX} ticks after healing: {}",
+                    self.describe()
+                ));
+            }
+        }
+        self.finish_clients();
+        Ok(Outcome {
+            history: self.history,
+            events: self.events,
+            committed: self.checker.committed_len(),
+        })
+    }
+
+    fn describe(&self) -> String {
+        let nodes: Vec<String> = self
+            .nodes
+            .values()
+            .map(|n| match &n.raw {
+                Some(r) => {
+                    let s = r.status();
+                    format!(
+                        "{}:{:?}/t{}/c{}/a{}/last{}",
+                        n.id, s.role, s.term, s.committed, n.applied, s.last_index
+                    )
+                }
+                None => format!("{}:down", n.id),
+            })
+            .collect();
+        format!("[{}] cuts {}", nodes.join(" "), self.net.describe_cuts())
+    }
+
+    /// Calm phase done: one leader, every replica applied everything it committed, every
+    /// client idle after at least one write committed in the calm phase.
+    fn converged(&self) -> bool {
+        let mut leaders = 0;
+        let mut commit = None;
+        for n in self.nodes.values() {
+            let Some(raw) = &n.raw else { return false };
+            let s = raw.status();
+            if s.role == Role::Leader {
+                leaders += 1;
+            }
+            if n.applied != s.committed || s.committed != s.last_index {
+                return false;
+            }
+            if *commit.get_or_insert(s.committed) != s.committed {
+                return false;
+            }
+        }
+        leaders == 1
+            && self
+                .clients
+                .iter()
+                .all(|c| c.pending.is_none() && c.calm_write_done)
+    }
+
+    fn handle(&mut self, event: Event) -> Check {
+        match event {
+            Event::Tick(id) => {
+                let tick_us = self.node(id).tick_us;
+                self.schedule(tick_us, Event::Tick(id));
+                if let Some(raw) = self.node_mut(id).raw.as_mut() {
+                    raw.tick().map_err(|e| format!("node {id} tick: {e}"))?;
+                    self.drive(id)?;
+                }
+            }
+            Event::Deliver(m) => {
+                let to = m.to;
+                if let Some(raw) = self.node_mut(to).raw.as_mut() {
+                    // Refusals are legitimate (stale or duplicated traffic can look malformed
+                    // to a replica that has moved on); they must only never corrupt state.
+                    let _ = raw.step(m);
+                    self.drive(to)?;
+                }
+            }
+            Event::Sync { node, incarnation } => {
+                if self.node(node).incarnation == incarnation {
+                    self.finish_round(node)?;
+                }
+            }
+            Event::Restart(id) => {
+                if !self.node(id).is_up() {
+                    self.node_mut(id).restart();
+                    self.say(|| format!("node {id} restarts"));
+                    let term = self.node(id).raw.as_ref().map_or(0, |r| r.status().term);
+                    if term < self.node(id).durable_term {
+                        return Err(format!(
+                            "node {id} restarted with term {term} below its synced term"
+                        ));
+                    }
+                    self.drive(id)?;
+                }
+            }
+            Event::Fault => {
+                if !self.calm {
+                    self.inject_fault();
+                    let next = self.rng.random_range(4..25) * TICK_US;
+                    self.schedule(next, Event::Fault);
+                }
+            }
+            Event::NetHeal => {
+                self.net.heal();
+                self.say(|| "network healed".into());
+            }
+            Event::Heal => {
+                self.calm = true;
+                self.net.calm();
+                self.say(|| "heal: every link restored, every node restarted".into());
+                for id in self.ids.clone() {
+                    if !self.node(id).is_up() {
+                        self.schedule(0, Event::Restart(id));
+                    }
+                }
+            }
+            Event::Client(c) => self.client_step(c)?,
+        }
+        Ok(())
+    }
+
+    fn leader(&self) -> Option<u64> {
+        self.nodes
+            .values()
+            .filter(|n| {
+                n.raw
+                    .as_ref()
+                    .is_some_and(|r| r.status().role == Role::Leader)
+            })
+            .map(|n| n.id)
+            .max_by_key(|&id| self.node(id).raw.as_ref().map_or(0, |r| r.status().term))
+    }
+
+    fn inject_fault(&mut self) {
+        let up: Vec<u64> = self
+            .ids
+            .iter()
+            .copied()
+            .filter(|&id| self.node(id).is_up())
+            .collect();
+        let n = self.ids.len();
+        match self.rng.random_range(0..9) {
+            0..=2 => {
+                // Crash one node, sometimes the leader; at most a minority stays down... usually.
+                let victim = if self.rng.random_bool(0.5) {
+                    self.leader()
+                } else {
+                    None
+                }
+                .or_else(|| up.choose(&mut self.rng).copied());
+                let down = n - up.len();
+                let allow_majority = self.rng.random_bool(0.1);
+                if let Some(v) = victim {
+                    if down < n / 2 || allow_majority {
+                        self.crash(v);
+                        let back = self.rng.random_range(3..40) * TICK_US;
+                        self.schedule(back, Event::Restart(v));
+                    }
+                }
+            }
+            2 => {
+                let mut side: Vec<u64> = self.ids.clone();
+                let k = self.rng.random_range(1..=n / 2);
+                side.sort_by_key(|_| self.rng.random::<u32>());
+                side.truncate(k);
+                self.net.partition(&side, &self.ids.clone());
+                self.say(|| format!("partition: {side:?} cut from the rest"));
+                self.heal_later();
+            }
+            3 => {
+                if let Some(l) = self.leader() {
+                    self.net.partition(&[l], &self.ids.clone());
+                    self.say(|| format!("leader {l} isolated"));
+                    self.heal_later();
+                }
+            }
+            4 => {
+                let from = *self.ids.choose(&mut self.rng).expect("non-empty");
+                let to = *self.ids.choose(&mut self.rng).expect("non-empty");
+                if from != to {
+                    self.net.cut_one_way(from, to);
+                    self.say(|| format!("one-way cut {from} -> {to}"));
+                    self.heal_later();
+                }
+            }
+            5 => {
+                let from = *self.ids.choose(&mut self.rng).expect("non-empty");
+                for &to in &self.ids.clone() {
+                    if to != from {
+                        self.net.clog(from, to);
+                    }
+                }
+                self.say(|| format!("links from {from} clogged"));
+                self.heal_later();
+            }
+            _ => {
+                // Quiet period: let the cluster make progress.
+            }
+        }
+    }
+
+    fn heal_later(&mut self) {
+        let after = self.rng.random_range(5..60) * TICK_US;
+        self.schedule(after, Event::NetHeal);
+    }
+
+    fn crash(&mut self, id: u64) {
+        if !self.node(id).is_up() {
+            return;
+        }
+        let unsynced_entries = self
+            .node(id)
+            .unsynced
+            .as_ref()
+            .map_or(0, |w| w.entries.len());
+        let torn = if unsynced_entries > 0 && self.rng.random_bool(0.5) {
+            Some(self.rng.random_range(0..=unsynced_entries))
+        } else {
+            None
+        };
+        self.node_mut(id).crash(torn);
+        self.say(|| format!("node {id} crashes (torn write keeps {torn:?} entries)"));
+        // Its clients' operations have unknown outcomes now.
+        for c in 0..self.clients.len() {
+            if self.clients[c]
+                .pending
+                .as_ref()
+                .is_some_and(|p| p.node == id)
+            {
+                self.give_up(c);
+            }
+        }
+    }
+
+    fn send(&mut self, msgs: Vec<Message>) {
+        for m in msgs {
+            if let Fate::Deliver(delays) = self.net.fate(&mut self.rng, m.from, m.to) {
+                for d in delays {
+                    self.schedule(d, Event::Deliver(m.clone()));
+                }
+            }
+        }
+    }
+
+    /// The driver loop of `RawNode`: take a Ready, send what may go at once, write, and
+    /// schedule the sync that releases the rest.
+    fn drive(&mut self, id: u64) -> Check {
+        let node = self.nodes.get_mut(&id).expect("simulated node exists");
+        let Some(raw) = node.raw.as_mut() else {
+            return Ok(());
+        };
+        if node.unsynced.is_some() || !raw.has_ready() {
+            return Ok(());
+        }
+        let mut rd = raw.ready().map_err(|e| format!("node {id} ready: {e}"))?;
+        let status = raw.status();
+        let entries = std::mem::take(&mut rd.entries);
+        let hard_state = rd.hard_state;
+        // Leader append-only: a leader that led the same term at its previous Ready wrote only
+        // appends since.
+        if node.led_term == Some(status.term) && status.role == Role::Leader {
+            if let Some(first) = entries.first() {
+                if first.index != node.log.len() + 1 {
+                    return Err(format!(
+                        "leader append-only: leader {id} of term {} rewrote its log from index {} \
+                         (had {})",
+                        status.term,
+                        first.index,
+                        node.log.len()
+                    ));
+                }
+            }
+        }
+        node.led_term = (status.role == Role::Leader).then_some(status.term);
+        node.log
+            .write(&entries)
+            .map_err(|e| format!("node {id}: {e}"))?;
+        let log = &node.log;
+        self.checker.on_written(id, log, &entries)?;
+        if let Some(hs) = &hard_state {
+            self.checker.on_commit(id, hs.commit, log)?;
+        }
+        if rd.soft_state.is_some_and(|s| s.role == Role::Leader) {
+            self.checker.on_leader(id, status.term, log)?;
+            self.say(|| format!("node {id} leads term {}", status.term));
+        }
+        let messages = std::mem::take(&mut rd.messages);
+        let persisted_messages = std::mem::take(&mut rd.persisted_messages);
+        let must_sync = rd.must_sync();
+        let node = self.node_mut(id);
+        node.unsynced = Some(Unsynced {
+            ready: rd,
+            entries,
+            hard_state,
+            persisted_messages,
+        });
+        let incarnation = node.incarnation;
+        self.send(messages);
+        let latency = if must_sync {
+            self.rng.random_range(20..400)
+        } else {
+            0
+        };
+        self.schedule(
+            latency,
+            Event::Sync {
+                node: id,
+                incarnation,
+            },
+        );
+        Ok(())
+    }
+
+    /// The write is durable: send what waited for it, apply, advance, and drive again.
+    fn finish_round(&mut self, id: u64) -> Check {
+        let Some(mut w) = self.node_mut(id).sync() else {
+            return Ok(());
+        };
+        self.send(std::mem::take(&mut w.persisted_messages));
+        let committed = std::mem::take(&mut w.ready.committed_entries);
+        let reads = std::mem::take(&mut w.ready.read_states);
+        for e in &committed {
+            self.apply(id, e)?;
+        }
+        let node = self.node_mut(id);
+        node.reads.extend(reads);
+        if let Some(raw) = node.raw.as_mut() {
+            raw.advance(w.ready)
+                .map_err(|e| format!("node {id} advance: {e}"))?;
+        }
+        self.serve_reads(id);
+        self.drive(id)
+    }
+
+    fn apply(&mut self, id: u64, e: &Entry) -> Check {
+        let node = self.node(id);
+        if e.index != node.applied + 1 {
+            return Err(format!(
+                "node {id} applies entry {} after {}: not consecutive (applied twice or skipped)",
+                e.index, node.applied
+            ));
+        }
+        self.checker.on_apply(id, e, &node.log)?;
+        let node = self.node_mut(id);
+        node.applied = e.index;
+        if let Some((key, value)) = decode(&e.data) {
+            node.kv.insert(key, value);
+        }
+        // A client whose write this is, proposed at this node, learns the outcome.
+        for c in 0..self.clients.len() {
+            let Some(p) = &self.clients[c].pending else {
+                continue;
+            };
+            let Some((term, index)) = p.proposal else {
+                continue;
+            };
+            if p.node != id || index != e.index {
+                continue;
+            }
+            let done = if term == e.term {
+                Done::Written
+            } else {
+                Done::Failed
+            };
+            self.complete(c, done);
+        }
+        Ok(())
+    }
+
+    fn serve_reads(&mut self, id: u64) {
+        let node = self.node(id);
+        let applied = node.applied;
+        let ready: Vec<u64> = node
+            .reads
+            .iter()
+            .filter(|r| r.index <= applied)
+            .filter_map(|r| {
+                r.context
+                    .get(0..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_be_bytes)
+            })
+            .collect();
+        self.node_mut(id).reads.retain(|r| r.index > applied);
+        for context in ready {
+            for c in 0..self.clients.len() {
+                let matches = self.clients[c]
+                    .pending
+                    .as_ref()
+                    .is_some_and(|p| p.node == id && p.proposal.is_none() && p.context == context);
+                if matches {
+                    let key = self.clients[c].pending.as_ref().map_or(0, |p| p.op.key);
+                    let value = self.node(id).kv.get(&key).copied();
+                    self.complete(c, Done::Read(value));
+                }
+            }
+        }
+    }
+
+    fn complete(&mut self, c: usize, done: Done) {
+        let Some(mut p) = self.clients[c].pending.take() else {
+            return;
+        };
+        match done {
+            Done::Failed => {}
+            Done::Written | Done::Read(_) => {
+                if let Done::Read(observed) = done {
+                    p.op.kind = OpKind::Get { observed };
+                } else if self.calm {
+                    self.clients[c].calm_write_done = true;
+                }
+                p.op.ret = Some(self.tick_clock());
+                self.history.push(p.op);
+            }
+        }
+        self.clients[c].target = p.node;
+        let think = self.rng.random_range(0..3 * TICK_US);
+        self.schedule(think, Event::Client(c));
+    }
+
+    /// The client stops waiting: a write's outcome is unknown, a read is dropped.
+    fn give_up(&mut self, c: usize) {
+        let Some(p) = self.clients[c].pending.take() else {
+            return;
+        };
+        if p.proposal.is_some() {
+            self.history.push(p.op);
+        }
+        self.clients[c].target = *self.ids.choose(&mut self.rng).expect("non-empty");
+        self.schedule(TICK_US, Event::Client(c));
+    }
+
+    fn client_step(&mut self, c: usize) -> Check {
+        if let Some(p) = &self.clients[c].pending {
+            if self.now >= p.deadline {
+                self.give_up(c);
+            } else {
+                let wait = p.deadline - self.now;
+                self.schedule(wait, Event::Client(c));
+            }
+            return Ok(());
+        }
+        if self.clients[c].calm_write_done {
+            return Ok(());
+        }
+        let target = self.clients[c].target;
+        let key = self.rng.random_range(0..3u64);
+        let is_write = self.rng.random_bool(0.6);
+        let value = self.next_value;
+        self.next_value += 1;
+        let Some(raw) = self.node_mut(target).raw.as_mut() else {
+            self.clients[c].target = *self.ids.choose(&mut self.rng).expect("non-empty");
+            self.schedule(TICK_US / 2, Event::Client(c));
+            return Ok(());
+        };
+        let (proposal, accepted, leader_hint) = if is_write {
+            match raw.propose(encode(key, value)) {
+                Ok(p) => (Some(p), true, None),
+                Err(flotilla_engine::raft::ProposeError::NotLeader { leader }) => {
+                    (None, false, leader)
+                }
+                Err(_) => (None, false, None),
+            }
+        } else {
+            let accepted = raw
+                .read_index(Bytes::copy_from_slice(&value.to_be_bytes()))
+                .is_ok();
+            (None, accepted, None)
+        };
+        if !accepted {
+            // Definitely not applied: not part of the history. Try elsewhere.
+            self.clients[c].target =
+                leader_hint.unwrap_or_else(|| *self.ids.choose(&mut self.rng).expect("non-empty"));
+            self.schedule(TICK_US / 2, Event::Client(c));
+            return Ok(());
+        }
+        self.tick_clock();
+        let kind = if is_write {
+            OpKind::Put { value }
+        } else {
+            OpKind::Get { observed: None }
+        };
+        self.clients[c].pending = Some(PendingOp {
+            op: Operation {
+                client: c as u64,
+                key,
+                kind,
+                call: self.clock,
+                ret: None,
+            },
+            node: target,
+            proposal,
+            context: value,
+            deadline: self.now + OP_TIMEOUT_US,
+        });
+        self.schedule(OP_TIMEOUT_US, Event::Client(c));
+        self.drive(target)
+    }
+
+    fn finish_clients(&mut self) {
+        for c in 0..self.clients.len() {
+            self.give_up(c);
+        }
+    }
+}
