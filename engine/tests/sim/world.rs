@@ -86,6 +86,10 @@ pub struct World {
     history: Vec<Operation>,
     next_value: u64,
     calm: bool,
+    /// Leader churn (the Raft paper's Figure 8 schedule, as in MIT 6.5840's TestFigure8): the
+    /// leader is crashed or cut off every few ticks, so leaders of many terms leave
+    /// half-replicated entries behind.
+    churn: bool,
     events: u64,
     /// Logical time of the history: strictly increasing, one value per call or return.
     clock: u64,
@@ -111,6 +115,7 @@ impl World {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let size = if rng.random_bool(0.5) { 3 } else { 5 };
         let ids: Vec<u64> = (1..=size).collect();
+        let churn = rng.random_bool(0.3);
         let lease_reads = rng.random_bool(0.5);
         let pre_vote = lease_reads || rng.random_bool(0.8);
         let base = Config {
@@ -122,9 +127,12 @@ impl World {
             // Drift below is at most 5% each way: et * 2d + 1 = 2 ticks of margin suffice.
             lease_drift_margin_ticks: 2,
             max_inflight_msgs: *[1usize, 4, 32, 256].choose(&mut rng).expect("non-empty"),
-            max_size_per_msg_bytes: *[1u64, 200, 4096, 1 << 20]
-                .choose(&mut rng)
-                .expect("non-empty"),
+            // 1 byte: one entry per append, so acknowledgements split a leader's batch.
+            max_size_per_msg_bytes: if churn && rng.random_bool(0.7) {
+                1
+            } else {
+                *[1u64, 200, 4096, 1 << 20].choose(&mut rng).expect("non-empty")
+            },
             seed,
             ..Config::default()
         };
@@ -157,14 +165,15 @@ impl World {
             history: Vec::new(),
             next_value: 1,
             calm: false,
+            churn,
             events: 0,
             clock: 0,
             verbose,
         };
         if verbose {
             println!(
-                "seed {seed}: {size} replicas, pre_vote={pre_vote} lease_reads={lease_reads} \
-                 check_quorum={} network {:?} drift {:.1}%",
+                "seed {seed}: {size} replicas, churn={churn} pre_vote={pre_vote} \
+                 lease_reads={lease_reads} check_quorum={} network {:?} drift {:.1}%",
                 w.node(1).config.check_quorum,
                 w.net.config,
                 drift * 100.0
@@ -322,8 +331,13 @@ impl World {
             }
             Event::Fault => {
                 if !self.calm {
-                    self.inject_fault();
-                    let next = self.rng.random_range(4..25) * TICK_US;
+                    let next = if self.churn {
+                        self.churn_leader();
+                        self.rng.random_range(1..8) * TICK_US
+                    } else {
+                        self.inject_fault();
+                        self.rng.random_range(4..25) * TICK_US
+                    };
                     self.schedule(next, Event::Fault);
                 }
             }
@@ -358,6 +372,21 @@ impl World {
             .max_by_key(|&id| self.node(id).raw.as_ref().map_or(0, |r| r.status().term))
     }
 
+    /// Crashes or isolates the current leader for a short while.
+    fn churn_leader(&mut self) {
+        let Some(l) = self.leader() else { return };
+        if self.rng.random_bool(0.7) {
+            self.crash(l);
+            let back = self.rng.random_range(1..12) * TICK_US;
+            self.schedule(back, Event::Restart(l));
+        } else {
+            self.net.partition(&[l], &self.ids.clone());
+            self.say(|| format!("leader {l} isolated"));
+            let after = self.rng.random_range(1..12) * TICK_US;
+            self.schedule(after, Event::NetHeal);
+        }
+    }
+
     fn inject_fault(&mut self) {
         let up: Vec<u64> = self
             .ids
@@ -385,7 +414,7 @@ impl World {
                     }
                 }
             }
-            2 => {
+            3 => {
                 let mut side: Vec<u64> = self.ids.clone();
                 let k = self.rng.random_range(1..=n / 2);
                 side.sort_by_key(|_| self.rng.random::<u32>());
@@ -394,14 +423,14 @@ impl World {
                 self.say(|| format!("partition: {side:?} cut from the rest"));
                 self.heal_later();
             }
-            3 => {
+            4 => {
                 if let Some(l) = self.leader() {
                     self.net.partition(&[l], &self.ids.clone());
                     self.say(|| format!("leader {l} isolated"));
                     self.heal_later();
                 }
             }
-            4 => {
+            5 => {
                 let from = *self.ids.choose(&mut self.rng).expect("non-empty");
                 let to = *self.ids.choose(&mut self.rng).expect("non-empty");
                 if from != to {
@@ -410,7 +439,7 @@ impl World {
                     self.heal_later();
                 }
             }
-            5 => {
+            6 => {
                 let from = *self.ids.choose(&mut self.rng).expect("non-empty");
                 for &to in &self.ids.clone() {
                     if to != from {
@@ -505,7 +534,7 @@ impl World {
         let log = &node.log;
         self.checker.on_written(id, log, &entries)?;
         if let Some(hs) = &hard_state {
-            self.checker.on_commit(id, hs.commit, log)?;
+            self.checker.on_commit(id, hs.term, hs.commit, log)?;
         }
         if rd.soft_state.is_some_and(|s| s.role == Role::Leader) {
             self.checker.on_leader(id, status.term, log)?;
