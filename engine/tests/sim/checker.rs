@@ -10,6 +10,8 @@
 //! - State machine safety (5.4.3): every replica applies, at each index, the committed entry.
 //! - No committed entry lost: the highest committed entry is durable (synced) on a quorum, after
 //!   every step. This is what an acknowledgement sent before the fsync breaks.
+//! - The commit rule (5.4.2, Figure 8): a leader's commit index, when it moves while it leads,
+//!   lands on an entry of its own term (older entries commit only indirectly).
 //! - Per replica: terms never go down (even across a crash), applies are consecutive.
 
 use std::collections::HashMap;
@@ -162,6 +164,19 @@ impl Checker {
         Ok(())
     }
 
+    /// The commit rule, on a replica that led `term` since its previous report and now reports
+    /// a higher `commit`.
+    pub fn on_leader_commit(&self, node: u64, term: u64, commit: u64, log: &MirrorLog) -> Check {
+        match log.slot(commit) {
+            Some((t, _)) if t == term => Ok(()),
+            other => Err(format!(
+                "commit rule (Figure 8): leader {node} of term {term} committed index {commit} \
+                 of term {:?} by counting replicas",
+                other.map(|s| s.0)
+            )),
+        }
+    }
+
     /// A replica in `term` reports `commit` (its hard state): its log up to there is committed.
     pub fn on_commit(&mut self, node: u64, term: u64, commit: u64, log: &MirrorLog) -> Check {
         if commit == 0 {
@@ -277,6 +292,9 @@ mod tests {
         assert!(c.on_leader(2, 1, &b).is_err(), "election safety");
 
         c.on_commit(1, 1, 2, &a).expect("commit");
+        c.on_leader_commit(1, 1, 2, &a)
+            .expect("entry 2 is of term 1");
+        assert!(c.on_leader_commit(1, 2, 2, &a).is_err(), "commit rule");
         assert!(c.on_commit(2, 1, 2, &b).is_err(), "state machine safety");
         assert!(
             c.on_apply(2, &e(2, 1, "DIFFERENT"), &b).is_err(),

@@ -42,8 +42,10 @@ pub struct SimNode {
     pub reads: Vec<ReadState>,
     /// The term this replica had durably reached, to check terms never go back.
     pub durable_term: u64,
-    /// Led `term` at its last Ready (for the append-only check).
+    /// Led `term` at its last Ready (for the append-only and commit-rule checks).
     pub led_term: Option<u64>,
+    /// The highest commit index its Readies reported in this incarnation.
+    pub reported_commit: u64,
     /// Tick period in microseconds; differs per node (clock drift).
     pub tick_us: u64,
 }
@@ -66,6 +68,7 @@ impl SimNode {
             reads: Vec::new(),
             durable_term: 0,
             led_term: None,
+            reported_commit: 0,
             tick_us,
         }
     }
@@ -97,6 +100,7 @@ impl SimNode {
         self.log = self.durable_log.clone();
         self.reads.clear();
         self.led_term = None;
+        self.reported_commit = 0;
     }
 
     pub fn restart(&mut self) {

@@ -113,9 +113,10 @@ fn decode(data: &[u8]) -> Option<(u64, u64)> {
 impl World {
     pub fn new(seed: u64, verbose: bool) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let size = if rng.random_bool(0.5) { 3 } else { 5 };
-        let ids: Vec<u64> = (1..=size).collect();
         let churn = rng.random_bool(0.3);
+        // Figure 8 needs five replicas; the other schedules run both sizes.
+        let size = if churn || rng.random_bool(0.5) { 5 } else { 3 };
+        let ids: Vec<u64> = (1..=size).collect();
         let lease_reads = rng.random_bool(0.5);
         let pre_vote = lease_reads || rng.random_bool(0.8);
         let base = Config {
@@ -131,7 +132,9 @@ impl World {
             max_size_per_msg_bytes: if churn && rng.random_bool(0.7) {
                 1
             } else {
-                *[1u64, 200, 4096, 1 << 20].choose(&mut rng).expect("non-empty")
+                *[1u64, 200, 4096, 1 << 20]
+                    .choose(&mut rng)
+                    .expect("non-empty")
             },
             seed,
             ..Config::default()
@@ -144,7 +147,13 @@ impl World {
             let tick_us = (TICK_US as f64 * (1.0 + skew)) as u64;
             nodes.insert(id, SimNode::new(id, config, &ids, tick_us));
         }
-        let net = Network::new(NetworkConfig::random(&mut rng));
+        let mut net_config = NetworkConfig::random(&mut rng);
+        if churn {
+            // Lose appends often enough that a new leader's own entry misses followers that
+            // got the older entries before it (the window Figure 8 lives in).
+            net_config.drop_rate = rng.random_range(0.1..0.35);
+        }
+        let net = Network::new(net_config);
         let clients = (0..3)
             .map(|_| Client {
                 pending: None,
@@ -527,6 +536,7 @@ impl World {
                 }
             }
         }
+        let led_before = node.led_term == Some(status.term);
         node.led_term = (status.role == Role::Leader).then_some(status.term);
         node.log
             .write(&entries)
@@ -534,6 +544,10 @@ impl World {
         let log = &node.log;
         self.checker.on_written(id, log, &entries)?;
         if let Some(hs) = &hard_state {
+            if led_before && status.role == Role::Leader && hs.commit > node.reported_commit {
+                self.checker.on_leader_commit(id, hs.term, hs.commit, log)?;
+            }
+            node.reported_commit = node.reported_commit.max(hs.commit);
             self.checker.on_commit(id, hs.term, hs.commit, log)?;
         }
         if rd.soft_state.is_some_and(|s| s.role == Role::Leader) {
@@ -670,7 +684,11 @@ impl World {
             }
         }
         self.clients[c].target = p.node;
-        let think = self.rng.random_range(0..3 * TICK_US);
+        let think = if self.churn {
+            self.rng.random_range(0..TICK_US / 2)
+        } else {
+            self.rng.random_range(0..3 * TICK_US)
+        };
         self.schedule(think, Event::Client(c));
     }
 
