@@ -432,3 +432,77 @@ fn learners_replicate_but_do_not_count() {
     assert_ne!(c.node(4).status().role, Role::PreCandidate);
     assert_ne!(c.node(4).status().role, Role::Leader);
 }
+
+// --- Persistence contract (thesis 10.2.1) ------------------------------------------------------
+
+/// Acknowledgements and votes promise durable data: they wait in `persisted_messages` until the
+/// driver has persisted the Ready. Only the leader's own traffic may leave at once.
+#[test]
+fn acknowledgements_and_votes_wait_for_durability() {
+    let mut n = new_node(2, &[1, 2, 3], &[], &no_pre_vote);
+    let mut m = msg(T::Append, 1, 2, 1);
+    m.entries = vec![entry(1, 1)];
+    n.step(m).expect("append");
+    let rd = persist(&mut n);
+    assert_eq!(rd.entries.len(), 1);
+    assert!(rd.messages.is_empty(), "nothing may leave before the entry is durable");
+    assert_eq!(types(&rd.persisted_messages), vec![T::AppendResponse]);
+    assert!(rd.must_sync());
+    n.advance(rd).expect("advance");
+
+    let mut n = new_node(2, &[1, 2, 3], &[], &no_pre_vote);
+    let mut v = msg(T::RequestVote, 3, 2, 1);
+    v.index = 0;
+    n.step(v).expect("vote");
+    let rd = persist(&mut n);
+    assert!(rd.messages.is_empty());
+    assert_eq!(types(&rd.persisted_messages), vec![T::RequestVoteResponse]);
+    assert_eq!(rd.hard_state.map(|h| (h.term, h.vote)), Some((1, 3)));
+    assert!(rd.must_sync(), "a vote must be synced before it is sent");
+}
+
+/// A follower's ack covers only what it holds: a write racing a term change (the new leader
+/// truncates entries whose write is still in flight) must not report the old entries durable
+/// (etcd's async_storage_writes_append_aba_race).
+#[test]
+fn write_racing_a_truncation_does_not_mark_replaced_entries_durable() {
+    let mut n = new_node(2, &[1, 2, 3], &[], &no_pre_vote);
+    let mut m = msg(T::Append, 1, 2, 1);
+    m.entries = vec![entry(1, 1), entry(2, 1)];
+    n.step(m).expect("append");
+    let rd1 = persist(&mut n);
+    // Before rd1 is advanced, a leader of term 2 replaces entry 2.
+    let mut m = msg(T::Append, 3, 2, 2);
+    m.index = 1;
+    m.log_term = 1;
+    m.entries = vec![entry(2, 2)];
+    n.step(m).expect("append");
+    n.advance(rd1).expect("advance");
+    assert!(n.status().persisted < 2, "entry 2 of term 1 was replaced: not durable as is");
+    let (msgs, _, _) = drive(&mut n);
+    assert_eq!(n.status().persisted, 2);
+    assert_eq!(n.term_of(2), Ok(2));
+    assert!(msgs.iter().any(|m| m.to == 3 && m.index == 2 && !m.reject));
+}
+
+/// TESTING "basic agreement; message counts": each command reaches each follower about once,
+/// and an idle group sends a bounded number of messages per tick.
+#[test]
+fn message_counts_per_command_and_when_idle() {
+    let mut c = Cluster::new(3, &|_| {});
+    c.campaign(1);
+    c.delivered.clear();
+    for i in 0..20 {
+        c.propose(1, &format!("cmd{i}"));
+    }
+    let appends_with_entries = c
+        .delivered
+        .iter()
+        .filter(|m| m.msg_type == T::Append as i32 && !m.entries.is_empty())
+        .count();
+    assert_eq!(appends_with_entries, 40, "one append per command per follower");
+    c.delivered.clear();
+    c.tick_all(10);
+    // One heartbeat and one answer per follower per tick.
+    assert_eq!(c.delivered.len(), 40, "{:?}", types(&c.delivered));
+}
