@@ -445,7 +445,10 @@ fn acknowledgements_and_votes_wait_for_durability() {
     n.step(m).expect("append");
     let rd = persist(&mut n);
     assert_eq!(rd.entries.len(), 1);
-    assert!(rd.messages.is_empty(), "nothing may leave before the entry is durable");
+    assert!(
+        rd.messages.is_empty(),
+        "nothing may leave before the entry is durable"
+    );
     assert_eq!(types(&rd.persisted_messages), vec![T::AppendResponse]);
     assert!(rd.must_sync());
     n.advance(rd).expect("advance");
@@ -478,7 +481,10 @@ fn write_racing_a_truncation_does_not_mark_replaced_entries_durable() {
     m.entries = vec![entry(2, 2)];
     n.step(m).expect("append");
     n.advance(rd1).expect("advance");
-    assert!(n.status().persisted < 2, "entry 2 of term 1 was replaced: not durable as is");
+    assert!(
+        n.status().persisted < 2,
+        "entry 2 of term 1 was replaced: not durable as is"
+    );
     let (msgs, _, _) = drive(&mut n);
     assert_eq!(n.status().persisted, 2);
     assert_eq!(n.term_of(2), Ok(2));
@@ -500,7 +506,10 @@ fn message_counts_per_command_and_when_idle() {
         .iter()
         .filter(|m| m.msg_type == T::Append as i32 && !m.entries.is_empty())
         .count();
-    assert_eq!(appends_with_entries, 40, "one append per command per follower");
+    assert_eq!(
+        appends_with_entries, 40,
+        "one append per command per follower"
+    );
     c.delivered.clear();
     c.tick_all(10);
     // One heartbeat and one answer per follower per tick.

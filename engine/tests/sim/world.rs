@@ -28,7 +28,7 @@ const OP_TIMEOUT_US: Micros = 40 * TICK_US;
 
 enum Event {
     Tick(u64),
-    Deliver(Message),
+    Deliver(Box<Message>),
     Sync {
         node: u64,
         incarnation: u64,
@@ -316,7 +316,7 @@ impl World {
                 if let Some(raw) = self.node_mut(to).raw.as_mut() {
                     // Refusals are legitimate (stale or duplicated traffic can look malformed
                     // to a replica that has moved on); they must only never corrupt state.
-                    let _ = raw.step(m);
+                    let _ = raw.step(*m);
                     self.drive(to)?;
                 }
             }
@@ -501,7 +501,7 @@ impl World {
         for m in msgs {
             if let Fate::Deliver(delays) = self.net.fate(&mut self.rng, m.from, m.to) {
                 for d in delays {
-                    self.schedule(d, Event::Deliver(m.clone()));
+                    self.schedule(d, Event::Deliver(Box::new(m.clone())));
                 }
             }
         }
