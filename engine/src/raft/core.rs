@@ -121,6 +121,42 @@ impl<S: LogStore> Raft<S> {
         }
     }
 
+    /// Checks the replica's state invariants (STYLE 7); debug builds run it after every call
+    /// that steps the state.
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        self.log.validate()?;
+        let last = self.log.last_index().map_err(|e| e.to_string())?;
+        if self.log.committed > last {
+            return Err(format!(
+                "commit {} past last index {last}",
+                self.log.committed
+            ));
+        }
+        match self.role {
+            Role::Leader => {
+                if self.vote != self.id || self.leader_id != self.id {
+                    return Err(format!(
+                        "leader of term {} with vote {} and leader {}",
+                        self.term, self.vote, self.leader_id
+                    ));
+                }
+                if self.tracker.get(self.id).is_none() {
+                    return Err("leader without its own progress".into());
+                }
+            }
+            Role::Candidate => {
+                if self.vote != self.id {
+                    return Err(format!("candidate voted for {}", self.vote));
+                }
+            }
+            Role::PreCandidate | Role::Follower => {}
+        }
+        if self.role != Role::Leader && (self.lead_transferee.is_some() || self.reads.len() > 0) {
+            return Err("a non-leader holds leader-only state".into());
+        }
+        Ok(())
+    }
+
     /// Voters may campaign; learners and replicas removed from the group may not.
     pub(crate) fn promotable(&self) -> bool {
         self.tracker.is_voter(self.id)

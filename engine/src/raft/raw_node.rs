@@ -132,6 +132,14 @@ impl<S: LogStore> RawNode<S> {
         }
     }
 
+    /// Debug builds check every invariant after each call that changes state.
+    fn debug_validate(&self) {
+        #[cfg(debug_assertions)]
+        if let Err(e) = self.raft.validate() {
+            panic!("raft invariant broken on replica {}: {e}", self.raft.id);
+        }
+    }
+
     fn latch<T>(&mut self, r: Result<T, StorageError>) -> Result<T, Error> {
         r.map_err(|e| {
             tracing::error!(id = self.raft.id, error = %e, "raft storage failure: halting");
@@ -147,6 +155,7 @@ impl<S: LogStore> RawNode<S> {
     pub fn tick(&mut self) -> Result<(), Error> {
         self.check_fatal()?;
         let r = self.raft.tick();
+        self.debug_validate();
         self.latch(r)
     }
 
@@ -157,7 +166,9 @@ impl<S: LogStore> RawNode<S> {
     /// [`Error::Storage`] if the store failed.
     pub fn step(&mut self, m: Message) -> Result<(), Error> {
         self.check_fatal()?;
-        match self.raft.step(m) {
+        let r = self.raft.step(m);
+        self.debug_validate();
+        match r {
             Ok(()) => Ok(()),
             Err(StepError::Invalid(reason)) => Err(Error::InvalidMessage(reason)),
             Err(StepError::Storage(e)) => self.latch(Err(e)),
@@ -342,10 +353,7 @@ impl<S: LogStore> RawNode<S> {
             let r = self.raft.on_persisted(index, term);
             self.latch(r)?;
         }
-        #[cfg(debug_assertions)]
-        if let Err(e) = self.raft.log.validate() {
-            panic!("raft log invariant broken on replica {}: {e}", self.raft.id);
-        }
+        self.debug_validate();
         Ok(())
     }
 
