@@ -47,6 +47,8 @@ pub struct Network {
     cut: BTreeSet<(u64, u64)>,
     /// Directed links that deliver everything very late.
     clogged: BTreeSet<(u64, u64)>,
+    /// Message types lost everywhere ("drop one message type in one group").
+    dropped_types: BTreeSet<i32>,
 }
 
 /// What to do with one message.
@@ -62,11 +64,15 @@ impl Network {
             config,
             cut: BTreeSet::new(),
             clogged: BTreeSet::new(),
+            dropped_types: BTreeSet::new(),
         }
     }
 
-    pub fn fate(&self, rng: &mut ChaCha8Rng, from: u64, to: u64) -> Fate {
-        if self.cut.contains(&(from, to)) || rng.random_bool(self.config.drop_rate) {
+    pub fn fate(&self, rng: &mut ChaCha8Rng, from: u64, to: u64, msg_type: i32) -> Fate {
+        if self.cut.contains(&(from, to))
+            || self.dropped_types.contains(&msg_type)
+            || rng.random_bool(self.config.drop_rate)
+        {
             return Fate::Drop;
         }
         let copies = if rng.random_bool(self.config.duplicate_rate) {
@@ -106,6 +112,10 @@ impl Network {
         }
     }
 
+    pub fn drop_type(&mut self, msg_type: i32) {
+        self.dropped_types.insert(msg_type);
+    }
+
     pub fn clog(&mut self, from: u64, to: u64) {
         self.clogged.insert((from, to));
     }
@@ -114,6 +124,7 @@ impl Network {
     pub fn heal(&mut self) {
         self.cut.clear();
         self.clogged.clear();
+        self.dropped_types.clear();
     }
 
     /// Makes the network reliable (still delayed and reordered) for the liveness phase.

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use flotilla_engine::raft::{Config, Entry, Message, Role};
+use flotilla_engine::raft::{Config, Entry, Message, MessageType, Role};
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -37,6 +37,11 @@ enum Event {
     Fault,
     /// Restores every network link (partitions are temporary).
     NetHeal,
+    /// The process stalls (GC, VM pause): its timers, messages and disk completions queue up.
+    Pause(u64),
+    /// The stall ends: the driver first catches up the ticks it missed, then works through the
+    /// backlog in arrival order (the contract a real driver must keep for leases to hold).
+    Resume(u64),
     /// The chaos phase ends.
     Heal,
     Client(usize),
@@ -93,6 +98,8 @@ pub struct World {
     events: u64,
     /// Logical time of the history: strictly increasing, one value per call or return.
     clock: u64,
+    /// Stalled nodes: ticks they missed, and the events waiting for them.
+    paused: BTreeMap<u64, (u64, Vec<Event>)>,
     verbose: bool,
 }
 
@@ -177,6 +184,7 @@ impl World {
             churn,
             events: 0,
             clock: 0,
+            paused: BTreeMap::new(),
             verbose,
         };
         if verbose {
@@ -301,7 +309,29 @@ impl World {
                 .all(|c| c.pending.is_none() && c.calm_write_done)
     }
 
+    /// The node an event must wait for while it is paused.
+    fn target(&self, event: &Event) -> Option<u64> {
+        match event {
+            Event::Tick(id) => Some(*id),
+            Event::Deliver(m) => Some(m.to),
+            Event::Sync { node, .. } => Some(*node),
+            _ => None,
+        }
+    }
+
     fn handle(&mut self, event: Event) -> Check {
+        if let Some(id) = self.target(&event) {
+            if let Some((missed, backlog)) = self.paused.get_mut(&id) {
+                if let Event::Tick(id) = event {
+                    *missed += 1;
+                    let tick_us = self.node(id).tick_us;
+                    self.schedule(tick_us, Event::Tick(id));
+                } else {
+                    backlog.push(event);
+                }
+                return Ok(());
+            }
+        }
         match event {
             Event::Tick(id) => {
                 let tick_us = self.node(id).tick_us;
@@ -350,6 +380,28 @@ impl World {
                     self.schedule(next, Event::Fault);
                 }
             }
+            Event::Pause(id) => {
+                if self.node(id).is_up() && !self.paused.contains_key(&id) {
+                    self.paused.insert(id, (0, Vec::new()));
+                    let stall = self.rng.random_range(5..40) * TICK_US;
+                    self.say(|| format!("node {id} pauses for {} ticks", stall / TICK_US));
+                    self.schedule(stall, Event::Resume(id));
+                }
+            }
+            Event::Resume(id) => {
+                if let Some((missed, backlog)) = self.paused.remove(&id) {
+                    self.say(|| format!("node {id} resumes: {missed} ticks to catch up"));
+                    if let Some(raw) = self.node_mut(id).raw.as_mut() {
+                        for _ in 0..missed {
+                            raw.tick().map_err(|e| format!("node {id} tick: {e}"))?;
+                        }
+                        self.drive(id)?;
+                    }
+                    for e in backlog {
+                        self.handle(e)?;
+                    }
+                }
+            }
             Event::NetHeal => {
                 self.net.heal();
                 self.say(|| "network healed".into());
@@ -358,6 +410,9 @@ impl World {
                 self.calm = true;
                 self.net.calm();
                 self.say(|| "heal: every link restored, every node restarted".into());
+                for id in self.paused.keys().copied().collect::<Vec<_>>() {
+                    self.schedule(0, Event::Resume(id));
+                }
                 for id in self.ids.clone() {
                     if !self.node(id).is_up() {
                         self.schedule(0, Event::Restart(id));
@@ -404,7 +459,7 @@ impl World {
             .filter(|&id| self.node(id).is_up())
             .collect();
         let n = self.ids.len();
-        match self.rng.random_range(0..9) {
+        match self.rng.random_range(0..11) {
             0..=2 => {
                 // Crash one node, sometimes the leader; at most a minority stays down... usually.
                 let victim = if self.rng.random_bool(0.5) {
@@ -448,6 +503,25 @@ impl World {
                     self.heal_later();
                 }
             }
+            7 => {
+                let id = *self.ids.choose(&mut self.rng).expect("non-empty");
+                let id = if self.rng.random_bool(0.5) { self.leader().unwrap_or(id) } else { id };
+                self.schedule(0, Event::Pause(id));
+            }
+            8 => {
+                let kinds = [
+                    MessageType::AppendResponse,
+                    MessageType::HeartbeatResponse,
+                    MessageType::Heartbeat,
+                    MessageType::RequestVoteResponse,
+                    MessageType::RequestPreVote,
+                    MessageType::ReadIndexResponse,
+                ];
+                let kind = *kinds.choose(&mut self.rng).expect("non-empty");
+                self.net.drop_type(kind as i32);
+                self.say(|| format!("every {kind:?} dropped for a while"));
+                self.heal_later();
+            }
             6 => {
                 let from = *self.ids.choose(&mut self.rng).expect("non-empty");
                 for &to in &self.ids.clone() {
@@ -484,6 +558,8 @@ impl World {
             None
         };
         self.node_mut(id).crash(torn);
+        // A crash ends a stall; what it had queued is lost with the process.
+        self.paused.remove(&id);
         self.say(|| format!("node {id} crashes (torn write keeps {torn:?} entries)"));
         // Its clients' operations have unknown outcomes now.
         for c in 0..self.clients.len() {
@@ -499,7 +575,7 @@ impl World {
 
     fn send(&mut self, msgs: Vec<Message>) {
         for m in msgs {
-            if let Fate::Deliver(delays) = self.net.fate(&mut self.rng, m.from, m.to) {
+            if let Fate::Deliver(delays) = self.net.fate(&mut self.rng, m.from, m.to, m.msg_type) {
                 for d in delays {
                     self.schedule(d, Event::Deliver(Box::new(m.clone())));
                 }
@@ -718,6 +794,11 @@ impl World {
             return Ok(());
         }
         let target = self.clients[c].target;
+        if self.paused.contains_key(&target) {
+            // The request would sit in the stalled process's socket: try again shortly.
+            self.schedule(TICK_US, Event::Client(c));
+            return Ok(());
+        }
         let key = self.rng.random_range(0..3u64);
         let is_write = self.rng.random_bool(0.6);
         let value = self.next_value;
