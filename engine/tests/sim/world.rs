@@ -44,7 +44,16 @@ enum Event {
     Resume(u64),
     /// The chaos phase ends.
     Heal,
-    Client(usize),
+    /// A client's timer; only its latest one counts.
+    Client {
+        client: usize,
+        wake: u64,
+    },
+    /// A client request arrives at its node.
+    Submit {
+        client: usize,
+        value: u64,
+    },
 }
 
 /// How a client operation ended.
@@ -70,6 +79,8 @@ struct Client {
     target: u64,
     /// Had a write acknowledged after healing (the liveness goal).
     calm_write_done: bool,
+    /// Number of its latest timer: one timer per client, so work does not multiply.
+    wake: u64,
 }
 
 pub struct Outcome {
@@ -166,6 +177,7 @@ impl World {
                 pending: None,
                 target: *ids.choose(&mut rng).expect("non-empty"),
                 calm_write_done: false,
+                wake: 0,
             })
             .collect();
         let mut w = Self {
@@ -203,7 +215,7 @@ impl World {
         }
         for c in 0..w.clients.len() {
             let at = w.rng.random_range(0..5 * TICK_US);
-            w.schedule(at, Event::Client(c));
+            w.wake_client(c, at);
         }
         let first_fault = w.rng.random_range(10..40) * TICK_US;
         w.schedule(first_fault, Event::Fault);
@@ -315,6 +327,7 @@ impl World {
             Event::Tick(id) => Some(*id),
             Event::Deliver(m) => Some(m.to),
             Event::Sync { node, .. } => Some(*node),
+            Event::Submit { client, .. } => self.clients[*client].pending.as_ref().map(|p| p.node),
             _ => None,
         }
     }
@@ -419,7 +432,12 @@ impl World {
                     }
                 }
             }
-            Event::Client(c) => self.client_step(c)?,
+            Event::Client { client, wake } => {
+                if self.clients[client].wake == wake {
+                    self.client_step(client)?;
+                }
+            }
+            Event::Submit { client, value } => self.submit(client, value)?,
         }
         Ok(())
     }
@@ -505,7 +523,11 @@ impl World {
             }
             7 => {
                 let id = *self.ids.choose(&mut self.rng).expect("non-empty");
-                let id = if self.rng.random_bool(0.5) { self.leader().unwrap_or(id) } else { id };
+                let id = if self.rng.random_bool(0.5) {
+                    self.leader().unwrap_or(id)
+                } else {
+                    id
+                };
                 self.schedule(0, Event::Pause(id));
             }
             8 => {
@@ -765,7 +787,7 @@ impl World {
         } else {
             self.rng.random_range(0..3 * TICK_US)
         };
-        self.schedule(think, Event::Client(c));
+        self.wake_client(c, think);
     }
 
     /// The client stops waiting: a write's outcome is unknown, a read is dropped.
@@ -777,7 +799,13 @@ impl World {
             self.history.push(p.op);
         }
         self.clients[c].target = *self.ids.choose(&mut self.rng).expect("non-empty");
-        self.schedule(TICK_US, Event::Client(c));
+        self.wake_client(c, TICK_US);
+    }
+
+    fn wake_client(&mut self, c: usize, delay: Micros) {
+        self.clients[c].wake += 1;
+        let wake = self.clients[c].wake;
+        self.schedule(delay, Event::Client { client: c, wake });
     }
 
     fn client_step(&mut self, c: usize) -> Check {
@@ -786,7 +814,7 @@ impl World {
                 self.give_up(c);
             } else {
                 let wait = p.deadline - self.now;
-                self.schedule(wait, Event::Client(c));
+                self.wake_client(c, wait);
             }
             return Ok(());
         }
@@ -794,62 +822,81 @@ impl World {
             return Ok(());
         }
         let target = self.clients[c].target;
-        if self.paused.contains_key(&target) {
-            // The request would sit in the stalled process's socket: try again shortly.
-            self.schedule(TICK_US, Event::Client(c));
-            return Ok(());
-        }
         let key = self.rng.random_range(0..3u64);
         let is_write = self.rng.random_bool(0.6);
         let value = self.next_value;
         self.next_value += 1;
-        let Some(raw) = self.node_mut(target).raw.as_mut() else {
-            self.clients[c].target = *self.ids.choose(&mut self.rng).expect("non-empty");
-            self.schedule(TICK_US / 2, Event::Client(c));
-            return Ok(());
-        };
-        let (proposal, accepted, leader_hint) = if is_write {
-            match raw.propose(encode(key, value)) {
-                Ok(p) => (Some(p), true, None),
-                Err(flotilla_engine::raft::ProposeError::NotLeader { leader }) => {
-                    (None, false, leader)
-                }
-                Err(_) => (None, false, None),
-            }
-        } else {
-            let accepted = raw
-                .read_index(Bytes::copy_from_slice(&value.to_be_bytes()))
-                .is_ok();
-            (None, accepted, None)
-        };
-        if !accepted {
-            // Definitely not applied: not part of the history. Try elsewhere.
-            self.clients[c].target =
-                leader_hint.unwrap_or_else(|| *self.ids.choose(&mut self.rng).expect("non-empty"));
-            self.schedule(TICK_US / 2, Event::Client(c));
-            return Ok(());
-        }
-        self.tick_clock();
         let kind = if is_write {
             OpKind::Put { value }
         } else {
             OpKind::Get { observed: None }
         };
+        let call = self.tick_clock();
         self.clients[c].pending = Some(PendingOp {
             op: Operation {
                 client: c as u64,
                 key,
                 kind,
-                call: self.clock,
+                call,
                 ret: None,
             },
             node: target,
-            proposal,
+            proposal: None,
             context: value,
             deadline: self.now + OP_TIMEOUT_US,
         });
-        self.schedule(OP_TIMEOUT_US, Event::Client(c));
+        self.wake_client(c, OP_TIMEOUT_US);
+        let submit = Event::Submit { client: c, value };
+        match self.paused.get_mut(&target) {
+            // The request waits in the stalled process's socket.
+            Some((_, backlog)) => {
+                backlog.push(submit);
+                Ok(())
+            }
+            None => self.handle(submit),
+        }
+    }
+
+    /// The request of client `c` (operation `value`) reaches its node.
+    fn submit(&mut self, c: usize, value: u64) -> Check {
+        let Some(p) = &self.clients[c].pending else {
+            return Ok(());
+        };
+        if p.context != value {
+            // The client gave up on it before it arrived: it is never executed.
+            return Ok(());
+        }
+        let (target, key, is_write) = (p.node, p.op.key, matches!(p.op.kind, OpKind::Put { .. }));
+        let Some(raw) = self.nodes.get_mut(&target).and_then(|n| n.raw.as_mut()) else {
+            return Ok(self.reject(c, None));
+        };
+        if is_write {
+            match raw.propose(encode(key, value)) {
+                Ok(proposal) => {
+                    if let Some(p) = self.clients[c].pending.as_mut() {
+                        p.proposal = Some(proposal);
+                    }
+                }
+                Err(flotilla_engine::raft::ProposeError::NotLeader { leader }) => {
+                    return Ok(self.reject(c, leader));
+                }
+                Err(_) => return Ok(self.reject(c, None)),
+            }
+        } else if raw
+            .read_index(Bytes::copy_from_slice(&value.to_be_bytes()))
+            .is_err()
+        {
+            return Ok(self.reject(c, None));
+        }
         self.drive(target)
+    }
+
+    /// The node refused the request: definitely not applied, not part of the history.
+    fn reject(&mut self, c: usize, leader_hint: Option<u64>) {
+        self.clients[c].pending = None;
+        self.clients[c].target =
+            leader_hint.unwrap_or_else(|| *self.ids.choose(&mut self.rng).expect("non-empty"));
+        self.wake_client(c, TICK_US / 2);
     }
 
     fn finish_clients(&mut self) {
