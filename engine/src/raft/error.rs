@@ -58,6 +58,8 @@ pub enum TransferError {
     NotLeader { leader: Option<u64> },
     #[error("replica {0} is not a voter of this group")]
     NotAVoter(u64),
+    #[error("raft halted after a storage failure: {0}")]
+    Halted(String),
 }
 
 /// Any error the core returns from a call that steps its state.

@@ -190,15 +190,27 @@ impl<S: LogStore> RawNode<S> {
     /// # Errors
     /// [`ProposeError`] when this replica cannot take proposals; nothing was appended.
     pub fn propose_batch(&mut self, data: Vec<Bytes>) -> Result<(u64, u64), ProposeError> {
+        self.local_request(|raft| raft.propose(data), ProposeError::Halted)
+    }
+
+    /// Runs a local request whose refusal is the caller's business (`E`) but whose storage
+    /// failure halts the replica (reported as `halted`).
+    fn local_request<T, E>(
+        &mut self,
+        request: impl FnOnce(&mut Raft<S>) -> Result<Result<T, E>, StorageError>,
+        halted: impl FnOnce(String) -> E,
+    ) -> Result<T, E> {
         if let Some(e) = &self.fatal {
-            return Err(ProposeError::Halted(e.to_string()));
+            return Err(halted(e.to_string()));
         }
-        match self.raft.propose(data) {
+        let r = request(&mut self.raft);
+        self.debug_validate();
+        match r {
             Ok(r) => r,
             Err(e) => {
                 let message = e.to_string();
                 let _ = self.latch::<()>(Err(e));
-                Err(ProposeError::Halted(message))
+                Err(halted(message))
             }
         }
     }
@@ -208,17 +220,7 @@ impl<S: LogStore> RawNode<S> {
     /// # Errors
     /// [`ReadError`] when no leader is known or too many reads are pending.
     pub fn read_index(&mut self, context: Bytes) -> Result<(), ReadError> {
-        if let Some(e) = &self.fatal {
-            return Err(ReadError::Halted(e.to_string()));
-        }
-        match self.raft.read_index(context) {
-            Ok(r) => r,
-            Err(e) => {
-                let message = e.to_string();
-                let _ = self.latch::<()>(Err(e));
-                Err(ReadError::Halted(message))
-            }
-        }
+        self.local_request(|raft| raft.read_index(context), ReadError::Halted)
     }
 
     /// Hands leadership to `to` (thesis 3.10). Proposals are refused until it completes or
@@ -227,7 +229,7 @@ impl<S: LogStore> RawNode<S> {
     /// # Errors
     /// [`TransferError`] if this replica is not the leader or `to` is not a voter.
     pub fn transfer_leader(&mut self, to: u64) -> Result<(), TransferError> {
-        self.raft.transfer_leader(to)
+        self.local_request(|raft| raft.transfer_leader(to), TransferError::Halted)
     }
 
     /// Starts an election now (pre-vote first when enabled).

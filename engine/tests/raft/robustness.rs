@@ -146,3 +146,90 @@ proptest! {
         }
     }
 }
+
+/// A store that starts failing on demand, like a disk that dies.
+struct FailingStore {
+    inner: flotilla_engine::raft::MemStorage,
+    failing: std::rc::Rc<std::cell::Cell<bool>>,
+}
+
+impl FailingStore {
+    fn check(&self) -> Result<(), flotilla_engine::raft::StorageError> {
+        if self.failing.get() {
+            Err(flotilla_engine::raft::StorageError::Io(
+                "injected disk failure".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl flotilla_engine::raft::LogStore for FailingStore {
+    fn initial_state(
+        &self,
+    ) -> Result<flotilla_engine::raft::InitialState, flotilla_engine::raft::StorageError> {
+        self.check()?;
+        self.inner.initial_state()
+    }
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max: u64,
+    ) -> Result<Vec<flotilla_engine::raft::Entry>, flotilla_engine::raft::StorageError> {
+        self.check()?;
+        self.inner.entries(low, high, max)
+    }
+    fn term(&self, index: u64) -> Result<u64, flotilla_engine::raft::StorageError> {
+        self.check()?;
+        self.inner.term(index)
+    }
+    fn first_index(&self) -> Result<u64, flotilla_engine::raft::StorageError> {
+        self.check()?;
+        self.inner.first_index()
+    }
+    fn last_index(&self) -> Result<u64, flotilla_engine::raft::StorageError> {
+        self.check()?;
+        self.inner.last_index()
+    }
+    fn snapshot_metadata(
+        &self,
+    ) -> Result<flotilla_engine::raft::SnapshotMetadata, flotilla_engine::raft::StorageError> {
+        self.check()?;
+        self.inner.snapshot_metadata()
+    }
+}
+
+/// A failing disk halts the replica for good (fail-stop): every later call reports it, none
+/// panics, and nothing more leaves in a Ready.
+#[test]
+fn storage_failure_halts_the_replica() {
+    use flotilla_engine::raft::{ProposeError, RawNode};
+    let failing = std::rc::Rc::new(std::cell::Cell::new(false));
+    let mut store = flotilla_engine::raft::MemStorage::new_with_conf(&[1, 2, 3], &[]);
+    store
+        .append(&[entry(1, 1), entry(2, 1)])
+        .expect("fresh log");
+    let store = FailingStore {
+        inner: store,
+        failing: failing.clone(),
+    };
+    let mut n = RawNode::new(config(1), store).expect("healthy at start");
+    failing.set(true);
+    let mut m = msg(T::Append, 2, 1, 1);
+    m.index = 2;
+    m.log_term = 1;
+    assert!(matches!(n.step(m), Err(Error::Storage(_))));
+    assert!(matches!(n.tick(), Err(Error::Storage(_))));
+    assert!(matches!(
+        n.propose(Bytes::from_static(b"x")),
+        Err(ProposeError::Halted(_))
+    ));
+    assert!(!n.has_ready());
+    failing.set(false);
+    assert!(
+        matches!(n.tick(), Err(Error::Storage(_))),
+        "halted for good"
+    );
+}
