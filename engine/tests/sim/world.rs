@@ -868,7 +868,8 @@ impl World {
         }
         let (target, key, is_write) = (p.node, p.op.key, matches!(p.op.kind, OpKind::Put { .. }));
         let Some(raw) = self.nodes.get_mut(&target).and_then(|n| n.raw.as_mut()) else {
-            return Ok(self.reject(c, None));
+            self.reject(c, None);
+            return Ok(());
         };
         if is_write {
             match raw.propose(encode(key, value)) {
@@ -878,7 +879,8 @@ impl World {
                     }
                 }
                 Err(flotilla_engine::raft::ProposeError::NotLeader { leader }) => {
-                    return Ok(self.reject(c, leader));
+                    self.reject(c, leader);
+                    return Ok(());
                 }
                 Err(_) => return Ok(self.reject(c, None)),
             }
@@ -886,7 +888,8 @@ impl World {
             .read_index(Bytes::copy_from_slice(&value.to_be_bytes()))
             .is_err()
         {
-            return Ok(self.reject(c, None));
+            self.reject(c, None);
+            return Ok(());
         }
         self.drive(target)
     }
