@@ -882,7 +882,10 @@ impl World {
                     self.reject(c, leader);
                     return Ok(());
                 }
-                Err(_) => return Ok(self.reject(c, None)),
+                Err(_) => {
+                    self.reject(c, None);
+                    return Ok(());
+                }
             }
         } else if raw
             .read_index(Bytes::copy_from_slice(&value.to_be_bytes()))
