@@ -30,4 +30,4 @@ bench:
 # The local 3-node cluster arrives with the node (issue "The node"). Until then this runs one
 # seed of the simulator: three Raft replicas under faults with a client load, narrated.
 demo: setup
-	FLOTILLA_SIM_SEED=$${SEED:-1} FLOTILLA_SIM_VERBOSE=1 $(CARGO) test -p flotilla-engine --test sim -- --nocapture
+	FLOTILLA_SIM_SEED=$${SEED:-1} FLOTILLA_SIM_VERBOSE=1 $(CARGO) test -p flotilla-engine --test sim simulate_seeds -- --nocapture

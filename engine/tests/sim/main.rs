@@ -3,7 +3,7 @@
 //! safety properties checked after every step and the client history checked for
 //! linearizability at the end.
 //!
-//! - `cargo test -p flotilla-engine --test sim` runs `FLOTILLA_SIM_SEEDS` seeds (default 2,000).
+//! - `cargo test -p flotilla-engine --test sim` runs `FLOTILLA_SIM_SEEDS` seeds (default 5,000).
 //! - `FLOTILLA_SIM_SEED=N` replays seed N alone, exactly; `FLOTILLA_SIM_VERBOSE=1` narrates it.
 //! - `FLOTILLA_SIM_FIRST_SEED=K` starts the range at K (a soak can cover new ground).
 
@@ -59,7 +59,7 @@ fn simulate_seeds() {
         }
         return;
     }
-    let seeds = env_u64("FLOTILLA_SIM_SEEDS").unwrap_or(2_000);
+    let seeds = env_u64("FLOTILLA_SIM_SEEDS").unwrap_or(5_000);
     let first = env_u64("FLOTILLA_SIM_FIRST_SEED").unwrap_or(0);
     let next = AtomicU64::new(first);
     let failures: Mutex<Vec<(u64, String)>> = Mutex::new(Vec::new());

@@ -778,6 +778,21 @@ impl World {
                     self.clients[c].calm_write_done = true;
                 }
                 p.op.ret = Some(self.tick_clock());
+                let node = p.node;
+                self.say(|| match &p.op.kind {
+                    OpKind::Put { value } => {
+                        format!(
+                            "client {c}: put key {} = {value} ok (via node {node})",
+                            p.op.key
+                        )
+                    }
+                    OpKind::Get { observed } => {
+                        format!(
+                            "client {c}: get key {} -> {observed:?} (at node {node})",
+                            p.op.key
+                        )
+                    }
+                });
                 self.history.push(p.op);
             }
         }
