@@ -21,6 +21,9 @@ use super::tracker::ProgressTracker;
 /// "No replica": no vote cast, no leader known.
 pub const NONE: u64 = 0;
 
+/// Terms at or past this are refused from peers, so `term + 1` never overflows.
+pub(crate) const MAX_TERM: u64 = u64::MAX - 1;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
     Follower,
@@ -66,6 +69,8 @@ pub struct Raft<S> {
     pub(crate) tick_count: u64,
 
     pub(crate) lead_transferee: Option<u64>,
+    /// Ticks since the current leader transfer started (aborted at an election timeout).
+    transfer_elapsed: u64,
     /// A TimeoutNow went out this term: some voter may bypass its lease promise, so this
     /// leader serves no more lease reads in this term.
     pub(crate) timeout_now_sent: bool,
@@ -104,6 +109,7 @@ impl<S: LogStore> Raft<S> {
             },
             tick_count: 0,
             lead_transferee: None,
+            transfer_elapsed: 0,
             timeout_now_sent: false,
             uncommitted_size: 0,
             rng: SplitMix64::new(config.seed ^ config.id.rotate_left(32)),
@@ -312,8 +318,12 @@ impl<S: LogStore> Raft<S> {
                 self.become_follower(self.term, NONE);
                 return Ok(());
             }
-            if let Some(to) = self.lead_transferee.take() {
-                debug!(id = self.id, to, "leader transfer timed out: aborted");
+        }
+        if self.lead_transferee.is_some() {
+            self.transfer_elapsed += 1;
+            if self.transfer_elapsed >= self.config.election_timeout_ticks {
+                let to = self.lead_transferee.take();
+                debug!(id = self.id, ?to, "leader transfer timed out: aborted");
             }
         }
         if self.heartbeat_elapsed >= self.config.heartbeat_interval_ticks {
@@ -328,6 +338,14 @@ impl<S: LogStore> Raft<S> {
     pub(crate) fn campaign(&mut self, kind: CampaignKind) -> Result<(), StorageError> {
         if !self.promotable() {
             debug!(id = self.id, "not a voter: not campaigning");
+            return Ok(());
+        }
+        if self.term >= MAX_TERM - 1 {
+            debug!(
+                id = self.id,
+                term = self.term,
+                "terms exhausted: not campaigning"
+            );
             return Ok(());
         }
         let (msg_type, vote_term) = if kind == CampaignKind::PreElection {
@@ -662,7 +680,7 @@ impl<S: LogStore> Raft<S> {
         }
         self.lead_transferee = Some(to);
         // The transfer must finish within an election timeout or it is aborted.
-        self.election_elapsed = 0;
+        self.transfer_elapsed = 0;
         let last = self.log.last_index()?;
         if self.tracker.get(to).is_some_and(|pr| pr.matched == last) {
             self.send_timeout_now(to);

@@ -43,8 +43,9 @@ impl<S: LogStore> RaftLog<S> {
         let last = store.last_index()?;
         // A restart may find the commit index behind the snapshot (the snapshot was installed
         // after the last hard state write); the snapshot itself is committed.
-        let committed = committed.max(first - 1);
-        let applied = applied.max(first - 1).min(committed);
+        let snapshot_index = first.saturating_sub(1);
+        let committed = committed.max(snapshot_index);
+        let applied = applied.max(snapshot_index).min(committed);
         Ok(Self {
             store,
             unstable: Vec::new(),

@@ -232,19 +232,28 @@ impl<S: LogStore> RawNode<S> {
         self.local_request(|raft| raft.transfer_leader(to), TransferError::Halted)
     }
 
-    /// Starts an election now (pre-vote first when enabled).
+    /// Starts an election now (pre-vote first when enabled), as a node-liveness wake-up does.
+    /// Does nothing on a leader, and nothing while this replica still honours a leader's lease
+    /// (with check-quorum, for an election timeout after it last heard from the leader): a vote
+    /// for itself would break the promise the leader's lease reads rely on. Returns whether an
+    /// election started.
     ///
     /// # Errors
     /// [`Error::Storage`] if the store failed.
-    pub fn campaign(&mut self) -> Result<(), Error> {
+    pub fn campaign(&mut self) -> Result<bool, Error> {
         self.check_fatal()?;
+        if self.raft.role == Role::Leader || self.raft.in_lease() {
+            return Ok(false);
+        }
         let kind = if self.raft.config.pre_vote {
             CampaignKind::PreElection
         } else {
             CampaignKind::Election
         };
         let r = self.raft.campaign(kind);
-        self.latch(r)
+        self.debug_validate();
+        self.latch(r)?;
+        Ok(true)
     }
 
     fn soft_state(&self) -> SoftState {
@@ -316,8 +325,14 @@ impl<S: LogStore> RawNode<S> {
                 self.raft.log.applying = last.index;
             }
         }
+        // A new term or vote must be durable before anything of that term leaves: a group of
+        // one becomes leader within one call, and its appends to learners would otherwise
+        // carry a term that a crash could still take back.
+        let term_or_vote_changed = rd.hard_state.is_some_and(|h| {
+            h.term != self.prev_hard_state.term || h.vote != self.prev_hard_state.vote
+        });
         for m in self.raft.msgs.drain(..) {
-            if may_send_before_persist(&m) {
+            if !term_or_vote_changed && may_send_before_persist(&m) {
                 rd.messages.push(m);
             } else {
                 rd.persisted_messages.push(m);

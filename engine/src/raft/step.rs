@@ -8,7 +8,7 @@
 use flotilla_transport::raft::{Message, MessageType};
 use tracing::{debug, warn};
 
-use super::core::{CampaignKind, Raft, Role, NONE};
+use super::core::{CampaignKind, Raft, Role, MAX_TERM, NONE};
 use super::error::StorageError;
 use super::log::AppendOutcome;
 use super::progress::ProgressState;
@@ -51,6 +51,10 @@ impl<S: LogStore> Raft<S> {
         }
         if m.term == 0 {
             return invalid("term 0 from a peer");
+        }
+        if m.term >= MAX_TERM {
+            // No honest group gets there; accepting it would leave us unable to campaign.
+            return invalid(format!("term {} beyond the last usable term", m.term));
         }
         let is_vote_request = matches!(
             msg_type,
@@ -114,9 +118,13 @@ impl<S: LogStore> Raft<S> {
 
     /// Paper 5.2 and 5.4.1: one vote per term, only for a log at least as up to date as ours.
     fn handle_vote_request(&mut self, m: Message, pre_vote: bool) -> Result<(), StepError> {
-        let can_vote = self.vote == m.from
-            || (self.vote == NONE && self.leader_id == NONE)
-            || (pre_vote && m.term > self.term);
+        // The lease promise binds in our own term too: another message may have moved us to
+        // the candidate's term without a leader while a leader's lease still counts on us.
+        let promised = !m.leader_transfer && self.in_lease() && self.vote != m.from;
+        let can_vote = !promised
+            && (self.vote == m.from
+                || (self.vote == NONE && self.leader_id == NONE)
+                || (pre_vote && m.term > self.term));
         let up_to_date = self.log.is_up_to_date(m.index, m.log_term)?;
         let response_type = if pre_vote {
             MessageType::RequestPreVoteResponse

@@ -193,7 +193,10 @@ impl Cluster {
     }
 
     pub fn campaign(&mut self, id: u64) {
-        self.node(id).campaign().expect("campaign");
+        assert!(
+            self.node(id).campaign().expect("campaign"),
+            "node {id} may campaign"
+        );
         self.settle();
     }
 

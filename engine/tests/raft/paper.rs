@@ -20,7 +20,7 @@ fn paper_5_1_higher_term_converts_any_role_to_follower() {
         let mut n = new_node(1, &[1, 2, 3], &[], &no_pre_vote);
         match start {
             Role::Follower => {}
-            Role::Candidate => n.campaign().expect("campaign"),
+            Role::Candidate => assert!(n.campaign().expect("campaign")),
             Role::Leader => {
                 n.campaign().expect("campaign");
                 drive(&mut n);
@@ -514,4 +514,27 @@ fn message_counts_per_command_and_when_idle() {
     c.tick_all(10);
     // One heartbeat and one answer per follower per tick.
     assert_eq!(c.delivered.len(), 40, "{:?}", types(&c.delivered));
+}
+
+/// A group of one becomes leader within one call. Its appends to a learner carry the new term,
+/// so they wait until that term is durable: a crash before the sync must not leave the learner
+/// with entries of a term the leader can reuse after restarting.
+#[test]
+fn new_term_is_durable_before_any_message_of_it_leaves() {
+    let mut n = new_node(1, &[1], &[2], &|c| c.pre_vote = false);
+    assert!(n.campaign().expect("campaign"));
+    assert_eq!(n.status().role, Role::Leader);
+    n.propose(Bytes::from_static(b"x")).expect("propose");
+    let rd = persist(&mut n);
+    assert_eq!(rd.hard_state.map(|h| h.term), Some(1));
+    assert!(
+        rd.messages.is_empty(),
+        "sent before the term was durable: {:?}",
+        types(&rd.messages)
+    );
+    assert!(rd
+        .persisted_messages
+        .iter()
+        .any(|m| m.to == 2 && m.msg_type == T::Append as i32));
+    n.advance(rd).expect("advance");
 }

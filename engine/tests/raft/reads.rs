@@ -189,3 +189,57 @@ fn check_quorum_leader_steps_down_without_a_quorum() {
     c.tick_all(20);
     assert_ne!(c.node(1).status().role, Role::Leader);
 }
+
+/// The follower's lease promise holds in its own term too: a follower that another message
+/// moved to a candidate's term (here a stale answer carrying a higher term) still refuses that
+/// candidate's vote while the leader's lease may count on it.
+#[test]
+fn lease_promise_holds_after_a_term_bump_without_a_leader() {
+    let mut c = Cluster::new(3, &|c| {
+        c.lease_reads = true;
+        c.pre_vote = false;
+    });
+    c.tick_all(10);
+    c.campaign(1);
+    c.tick_all(1);
+    assert!(c.node(1).status().lease_valid);
+    let term = c.node(2).status().term;
+    c.node(2)
+        .step(msg(T::AppendResponse, 3, 2, term + 1))
+        .expect("a higher term moves the follower");
+    assert_eq!(c.node(2).status().term, term + 1);
+    let mut vote = msg(T::RequestVote, 3, 2, term + 1);
+    vote.index = 100;
+    vote.log_term = term + 1;
+    c.node(2).step(vote).expect("vote request");
+    let (msgs, _, _) = drive(c.node(2));
+    assert_eq!(types(&msgs), vec![T::RequestVoteResponse]);
+    assert!(
+        msgs[0].reject,
+        "vote granted while node 1's lease counts on node 2"
+    );
+}
+
+/// `campaign()` does nothing on a leader, nor on a follower bound by a lease promise.
+#[test]
+fn campaign_respects_leadership_and_the_lease_promise() {
+    let mut c = Cluster::new(3, &lease);
+    c.tick_all(10);
+    c.campaign(1);
+    c.tick_all(1);
+    assert!(
+        !c.node(1).campaign().expect("no error"),
+        "a leader does not campaign"
+    );
+    assert!(
+        !c.node(2).campaign().expect("no error"),
+        "node 2 promised node 1 its lease"
+    );
+    assert_eq!(c.leader(), Some(1));
+    c.isolate(1);
+    c.tick_all(10);
+    let term = c.node(2).status().term;
+    c.node(2).campaign().expect("no error");
+    c.settle();
+    assert!(c.node(2).status().term > term || c.node(3).status().role == Role::Leader);
+}

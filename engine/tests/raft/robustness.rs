@@ -233,3 +233,20 @@ fn storage_failure_halts_the_replica() {
         "halted for good"
     );
 }
+
+/// A peer claiming the last possible term is refused: accepting it would leave the replica
+/// unable to ever campaign again (and `term + 1` would overflow).
+#[test]
+fn exhausted_terms_are_refused() {
+    let mut n = new_node(1, &[1, 2, 3], &[], &|_| {});
+    assert!(matches!(
+        n.step(msg(T::Heartbeat, 2, 1, u64::MAX)),
+        Err(Error::InvalidMessage(_))
+    ));
+    assert!(matches!(
+        n.step(msg(T::RequestVote, 2, 1, u64::MAX - 1)),
+        Err(Error::InvalidMessage(_))
+    ));
+    assert_eq!(n.status().term, 0);
+    assert!(n.campaign().expect("campaign"));
+}

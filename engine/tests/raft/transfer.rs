@@ -97,3 +97,17 @@ fn no_lease_reads_after_timeout_now() {
         "still no lease in this term"
     );
 }
+
+/// Transfers do not postpone check-quorum: a leader cut off from everyone steps down even if
+/// transfers keep being requested.
+#[test]
+fn repeated_transfers_do_not_keep_a_cut_off_leader_in_place() {
+    let mut c = Cluster::new(3, &|_| {});
+    c.campaign(1);
+    c.isolate(1);
+    for i in 0..30 {
+        let _ = c.node(1).transfer_leader(2 + i % 2);
+        c.tick_all(1);
+    }
+    assert_ne!(c.node(1).status().role, Role::Leader);
+}
