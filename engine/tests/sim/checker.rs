@@ -114,6 +114,16 @@ impl Checker {
         self.commit_terms.partition_point(|&t| t < term) as u64
     }
 
+    /// Election safety alone, on a replica seen leading `term` between its Readies.
+    pub fn on_leader_seen(&mut self, node: u64, term: u64) -> Check {
+        match self.leaders.insert(term, node) {
+            Some(other) if other != node => Err(format!(
+                "election safety: nodes {other} and {node} both led term {term}"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Election safety, on a replica reporting itself leader of `term`.
     pub fn on_leader(&mut self, node: u64, term: u64, log: &MirrorLog) -> Check {
         if let Some(&other) = self.leaders.get(&term) {

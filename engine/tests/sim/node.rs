@@ -51,8 +51,8 @@ pub struct SimNode {
 }
 
 impl SimNode {
-    pub fn new(id: u64, config: Config, voters: &[u64], tick_us: u64) -> Self {
-        let disk = MemStorage::new_with_conf(voters, &[]);
+    pub fn new(id: u64, config: Config, voters: &[u64], learners: &[u64], tick_us: u64) -> Self {
+        let disk = MemStorage::new_with_conf(voters, learners);
         let raw = RawNode::new(config.clone(), disk.clone()).expect("simulator config is valid");
         Self {
             id,

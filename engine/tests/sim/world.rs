@@ -94,7 +94,9 @@ pub struct World {
     now: Micros,
     seq: u64,
     queue: BTreeMap<(Micros, u64), Event>,
+    /// Every replica, voters then learners.
     ids: Vec<u64>,
+    voters: Vec<u64>,
     nodes: BTreeMap<u64, SimNode>,
     net: Network,
     checker: Checker,
@@ -134,9 +136,16 @@ impl World {
         let churn = rng.random_bool(0.3);
         // Figure 8 needs five replicas; the other schedules run both sizes.
         let size = if churn || rng.random_bool(0.5) { 5 } else { 3 };
-        let ids: Vec<u64> = (1..=size).collect();
+        let voters: Vec<u64> = (1..=size).collect();
+        // Some groups carry a learner: it receives the log, serves follower reads, never votes.
+        let learners: Vec<u64> = if rng.random_bool(0.3) {
+            vec![size + 1]
+        } else {
+            Vec::new()
+        };
+        let ids: Vec<u64> = voters.iter().chain(&learners).copied().collect();
         let lease_reads = rng.random_bool(0.5);
-        let pre_vote = lease_reads || rng.random_bool(0.8);
+        let pre_vote = rng.random_bool(0.8);
         let base = Config {
             election_timeout_ticks: 10,
             heartbeat_interval_ticks: 1,
@@ -163,7 +172,7 @@ impl World {
             let config = Config { id, ..base.clone() };
             let skew = rng.random_range(-drift..=drift);
             let tick_us = (TICK_US as f64 * (1.0 + skew)) as u64;
-            nodes.insert(id, SimNode::new(id, config, &ids, tick_us));
+            nodes.insert(id, SimNode::new(id, config, &voters, &learners, tick_us));
         }
         let mut net_config = NetworkConfig::random(&mut rng);
         if churn {
@@ -185,7 +194,8 @@ impl World {
             now: 0,
             seq: 0,
             queue: BTreeMap::new(),
-            checker: Checker::new(ids.len()),
+            checker: Checker::new(voters.len()),
+            voters,
             ids,
             nodes,
             net,
@@ -259,7 +269,8 @@ impl World {
             self.events += 1;
             self.handle(event)?;
             self.checker
-                .check_durable_quorum(self.nodes.values().map(|n| &n.durable_log))?;
+                .check_durable_quorum(self.voters.iter().map(|id| &self.nodes[id].durable_log))?;
+            self.observe_leaders()?;
             if self.calm && self.converged() {
                 break;
             }
@@ -387,7 +398,7 @@ impl World {
                         self.churn_leader();
                         self.rng.random_range(1..8) * TICK_US
                     } else {
-                        self.inject_fault();
+                        self.inject_fault()?;
                         self.rng.random_range(4..25) * TICK_US
                     };
                     self.schedule(next, Event::Fault);
@@ -442,6 +453,20 @@ impl World {
         Ok(())
     }
 
+    /// Election safety on every replica's current role, so that a leadership that began and
+    /// ended between two of its Readies is checked too.
+    fn observe_leaders(&mut self) -> Check {
+        for n in self.nodes.values() {
+            if let Some(raw) = &n.raw {
+                let s = raw.status();
+                if s.role == Role::Leader {
+                    self.checker.on_leader_seen(n.id, s.term)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn leader(&self) -> Option<u64> {
         self.nodes
             .values()
@@ -469,7 +494,7 @@ impl World {
         }
     }
 
-    fn inject_fault(&mut self) {
+    fn inject_fault(&mut self) -> Check {
         let up: Vec<u64> = self
             .ids
             .iter()
@@ -477,7 +502,28 @@ impl World {
             .filter(|&id| self.node(id).is_up())
             .collect();
         let n = self.ids.len();
-        match self.rng.random_range(0..11) {
+        match self.rng.random_range(0..13) {
+            11 => {
+                // An operator or the placement service moves leadership.
+                let to = *self.voters.choose(&mut self.rng).expect("non-empty");
+                if let Some(l) = self.leader() {
+                    if let Some(raw) = self.node_mut(l).raw.as_mut() {
+                        let _ = raw.transfer_leader(to);
+                    }
+                    self.say(|| format!("leader {l} asked to transfer to {to}"));
+                    self.drive(l)?;
+                }
+            }
+            12 => {
+                // A node-liveness wake-up: a follower campaigns at once (refused within a
+                // lease promise).
+                let id = *self.voters.choose(&mut self.rng).expect("non-empty");
+                if let Some(raw) = self.node_mut(id).raw.as_mut() {
+                    let started = raw.campaign().unwrap_or(false);
+                    self.say(|| format!("node {id} told to campaign: started={started}"));
+                    self.drive(id)?;
+                }
+            }
             0..=2 => {
                 // Crash one node, sometimes the leader; at most a minority stays down... usually.
                 let victim = if self.rng.random_bool(0.5) {
@@ -558,6 +604,7 @@ impl World {
                 // Quiet period: let the cluster make progress.
             }
         }
+        Ok(())
     }
 
     fn heal_later(&mut self) {
