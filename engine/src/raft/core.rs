@@ -593,6 +593,7 @@ impl<S: LogStore> Raft<S> {
             self.respond_read(context, from, index);
             return Ok(Ok(()));
         }
+        // Every read that arrives before the next Ready shares one heartbeat round.
         let round = self.reads.round + 1;
         self.reads.pending.push_back(PendingRead {
             context,
@@ -600,8 +601,16 @@ impl<S: LogStore> Raft<S> {
             index,
             round,
         });
-        self.broadcast_heartbeat();
+        self.reads.round_wanted = true;
         Ok(Ok(()))
+    }
+
+    /// Opens the heartbeat round that reads queued since the last one wait for.
+    pub(crate) fn flush_read_round(&mut self) {
+        if self.reads.round_wanted && self.role == Role::Leader {
+            self.broadcast_heartbeat();
+        }
+        self.reads.round_wanted = false;
     }
 
     fn release_reads_waiting_commit(&mut self) -> Result<(), StorageError> {
@@ -636,6 +645,8 @@ impl<S: LogStore> Raft<S> {
 
     /// Sends a heartbeat carrying a new read round to every member.
     pub(crate) fn broadcast_heartbeat(&mut self) {
+        // Any round opened from now on confirms the reads queued so far.
+        self.reads.round_wanted = false;
         let round = self.reads.open_round(self.tick_count);
         let id = self.id;
         if let Some(pr) = self.tracker.get_mut(id) {

@@ -274,6 +274,7 @@ impl<S: LogStore> RawNode<S> {
             || r.log.has_entries_to_persist()
             || !r.msgs.is_empty()
             || !r.read_states.is_empty()
+            || r.reads.round_wanted
             || r.log.has_next_committed_entries()
     }
 
@@ -287,6 +288,7 @@ impl<S: LogStore> RawNode<S> {
             !self.ready_outstanding,
             "ready() before advance() of the previous one"
         );
+        self.raft.flush_read_round();
         let mut rd = Ready::default();
         let soft = self.soft_state();
         if soft != self.prev_soft_state {

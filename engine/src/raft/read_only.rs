@@ -47,6 +47,8 @@ pub(crate) struct ReadQueue {
     round_ticks: VecDeque<(u64, u64)>,
     /// The lease is valid while the leader's tick count is below this.
     pub lease_expiry_tick: u64,
+    /// Reads wait for a round that has not been broadcast yet.
+    pub round_wanted: bool,
 }
 
 impl ReadQueue {
@@ -60,6 +62,7 @@ impl ReadQueue {
         self.waiting_commit.clear();
         self.round_ticks.clear();
         self.lease_expiry_tick = 0;
+        self.round_wanted = false;
     }
 
     /// Opens the next round, sent at `tick`; returns its number.

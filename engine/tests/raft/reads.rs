@@ -243,3 +243,22 @@ fn campaign_respects_leadership_and_the_lease_promise() {
     c.settle();
     assert!(c.node(2).status().term > term || c.node(3).status().role == Role::Leader);
 }
+
+/// Reads that arrive between two Readies share one heartbeat round (one message per follower,
+/// not one per read).
+#[test]
+fn reads_between_two_readies_share_one_heartbeat_round() {
+    let mut c = Cluster::new(3, &|_| {});
+    c.campaign(1);
+    c.propose(1, "x");
+    for i in 0..10u8 {
+        c.node(1).read_index(Bytes::from(vec![i])).expect("read");
+    }
+    let (msgs, _, _) = drive(c.node(1));
+    assert_eq!(types(&msgs), vec![T::Heartbeat, T::Heartbeat]);
+    for m in msgs {
+        c.node(m.to).step(m).expect("heartbeat");
+    }
+    c.settle();
+    assert_eq!(c.reads[&1].len(), 10);
+}
