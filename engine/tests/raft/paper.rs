@@ -538,3 +538,44 @@ fn new_term_is_durable_before_any_message_of_it_leaves() {
         .any(|m| m.to == 2 && m.msg_type == T::Append as i32));
     n.advance(rd).expect("advance");
 }
+
+/// TESTING "7-node churn" (MIT 6.5840 TestManyElections): random groups of nodes are cut off
+/// again and again. After each change, at most one leader per term; whenever a majority is
+/// connected, a leader among them within a bounded number of ticks.
+#[test]
+fn seven_node_churn_elects_one_leader_per_term() {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(42);
+    let mut c = Cluster::new(7, &|_| {});
+    let mut leaders_by_term = std::collections::BTreeMap::new();
+    for round in 0..30 {
+        c.heal();
+        let mut ids: Vec<u64> = (1..=7).collect();
+        ids.shuffle(&mut rng);
+        let cut = &ids[..3];
+        for &id in cut {
+            c.isolate(id);
+        }
+        let mut elected = false;
+        for _ in 0..60 {
+            c.tick_all(1);
+            for (&id, n) in &c.nodes {
+                let s = n.status();
+                if s.role == Role::Leader {
+                    let first = *leaders_by_term.entry(s.term).or_insert(id);
+                    assert_eq!(first, id, "round {round}: two leaders in term {}", s.term);
+                    elected |= !cut.contains(&id);
+                }
+            }
+            if elected {
+                break;
+            }
+        }
+        assert!(
+            elected,
+            "round {round}: the connected majority {:?} elected nobody",
+            &ids[3..]
+        );
+    }
+}
