@@ -6,12 +6,16 @@
 //! and every effect (messages, entries to persist) is queued for `RawNode::ready`.
 
 use bytes::Bytes;
-use flotilla_transport::raft::{Entry, EntryType, HardState, Message, MessageType};
-use tracing::debug;
+use flotilla_transport::raft::{
+    ConfChange, ConfState, Entry, EntryType, HardState, Message, MessageType,
+};
+use prost::Message as _;
+use tracing::{debug, warn};
 
 use super::config::Config;
-use super::error::{ProposeError, ReadError, StorageError, TransferError};
+use super::error::{ConfChangeError, ProposeError, ReadError, StorageError, TransferError};
 use super::log::RaftLog;
+use super::membership::Membership;
 use super::quorum::VoteResult;
 use super::read_only::{PendingRead, ReadQueue, ReadState};
 use super::rng::SplitMix64;
@@ -68,6 +72,10 @@ pub struct Raft<S> {
     /// Local monotonic tick count; the lease is measured in it.
     pub(crate) tick_count: u64,
 
+    /// The configuration in force: the last one whose entry was handed out for apply.
+    pub(crate) membership: Membership,
+    /// A leader proposes no membership change while one up to this index is not yet applied.
+    pub(crate) pending_conf_index: u64,
     pub(crate) lead_transferee: Option<u64>,
     /// Ticks since the current leader transfer started (aborted at an election timeout).
     transfer_elapsed: u64,
@@ -85,7 +93,8 @@ impl<S: LogStore> Raft<S> {
     pub fn new(config: Config, store: S) -> Result<Self, StorageError> {
         let initial = store.initial_state()?;
         let log = RaftLog::new(store, initial.hard_state.commit, config.applied)?;
-        let tracker = ProgressTracker::new(&initial.conf_state, config.max_inflight_msgs);
+        let membership = Membership::from_conf_state(&initial.conf_state);
+        let tracker = ProgressTracker::new(&membership, config.max_inflight_msgs);
         let mut raft = Self {
             id: config.id,
             term: initial.hard_state.term,
@@ -108,6 +117,8 @@ impl<S: LogStore> Raft<S> {
                 config.election_timeout_ticks
             },
             tick_count: 0,
+            membership,
+            pending_conf_index: 0,
             lead_transferee: None,
             transfer_elapsed: 0,
             timeout_now_sent: false,
@@ -279,6 +290,9 @@ impl<S: LogStore> Raft<S> {
             data: Bytes::new(),
         };
         self.log.append(&[noop])?;
+        // The log may hold a membership change of an earlier leader that is not applied yet:
+        // no new change until everything up to here is (thesis 4.1, one change at a time).
+        self.pending_conf_index = last + 1;
         debug!(id = self.id, term = self.term, "became leader");
         self.broadcast_append(true)
     }
@@ -554,6 +568,103 @@ impl<S: LogStore> Raft<S> {
         self.log.append(&entries)?;
         self.broadcast_append(false)?;
         Ok(Ok((self.term, last + 1)))
+    }
+
+    /// Proposes a membership change (thesis chapter 4); returns the entry's term and index.
+    ///
+    /// It is checked against the configuration in force, which is also the one it will apply
+    /// to: only one change is pending at a time.
+    pub(crate) fn propose_conf_change(
+        &mut self,
+        cc: &ConfChange,
+    ) -> Result<Result<(u64, u64), ConfChangeError>, StorageError> {
+        if self.role != Role::Leader {
+            return Ok(Err(ConfChangeError::NotLeader {
+                leader: (self.leader_id != NONE).then_some(self.leader_id),
+            }));
+        }
+        if let Some(to) = self.lead_transferee {
+            return Ok(Err(ConfChangeError::TransferInProgress { to }));
+        }
+        if self.pending_conf_index > self.log.applied {
+            return Ok(Err(ConfChangeError::Pending {
+                index: self.pending_conf_index,
+            }));
+        }
+        if let Err(e) = self.membership.apply(cc) {
+            return Ok(Err(e));
+        }
+        let index = self.append_conf_change(cc)?;
+        Ok(Ok((self.term, index)))
+    }
+
+    fn append_conf_change(&mut self, cc: &ConfChange) -> Result<u64, StorageError> {
+        let index = self.log.last_index()? + 1;
+        let entry = Entry {
+            term: self.term,
+            index,
+            entry_type: EntryType::ConfChange as i32,
+            data: Bytes::from(cc.encode_to_vec()),
+        };
+        self.uncommitted_size += entry_size(&entry);
+        self.log.append(&[entry])?;
+        self.pending_conf_index = index;
+        self.broadcast_append(false)?;
+        Ok(index)
+    }
+
+    /// A membership change entry was committed and is handed out for apply: it takes effect
+    /// now, on every replica alike. (The dissertation, 4.1, switches on append; like etcd we
+    /// switch on commit, which is as safe with one change pending at a time and joint
+    /// consensus for the rest, and never has to roll a configuration back on truncation.)
+    /// Returns the new configuration, or `None` if the entry is not a valid change of the
+    /// current one (only a broken leader writes such an entry; every replica skips it alike).
+    pub(crate) fn apply_conf_change(
+        &mut self,
+        entry: &Entry,
+    ) -> Result<Option<ConfState>, StorageError> {
+        let cc = match ConfChange::decode(entry.data.as_ref()) {
+            Ok(cc) => cc,
+            Err(e) => {
+                warn!(id = self.id, index = entry.index, error = %e, "undecodable membership change skipped");
+                return Ok(None);
+            }
+        };
+        let next = match self.membership.apply(&cc) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(id = self.id, index = entry.index, error = %e, "invalid membership change skipped");
+                return Ok(None);
+            }
+        };
+        let last = self.log.last_index()?;
+        self.membership = next;
+        self.tracker.set_membership(&self.membership, last + 1);
+        debug!(id = self.id, index = entry.index, membership = ?self.membership, "membership changed");
+        if self
+            .lead_transferee
+            .is_some_and(|to| !self.membership.is_voter(to))
+        {
+            self.lead_transferee = None;
+        }
+        if self.role == Role::Leader {
+            if !self.membership.is_voter(self.id) {
+                // Thesis 4.2.2: a leader that is no longer part of the configuration steps
+                // down once the change committed.
+                debug!(
+                    id = self.id,
+                    "removed from the configuration: stepping down"
+                );
+                self.become_follower(self.term, NONE);
+            } else if self.membership.is_joint() && entry.index >= self.pending_conf_index {
+                // Leave the joint configuration as soon as it is in force (thesis 4.3).
+                self.append_conf_change(&ConfChange::default())?;
+            } else if self.maybe_commit()? {
+                // A smaller quorum may already hold more.
+                self.broadcast_append(true)?;
+            }
+        }
+        Ok(Some(self.membership.to_conf_state()))
     }
 
     /// Starts a linearizable read (thesis 6.4). On a follower the request goes to the leader.

@@ -74,3 +74,30 @@ pub enum Error {
     #[error("message rejected: {0}")]
     InvalidMessage(String),
 }
+
+/// Why a membership change was refused. Nothing was proposed.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum ConfChangeError {
+    #[error("not the leader (leader hint: {leader:?})")]
+    NotLeader { leader: Option<u64> },
+    #[error("a membership change is pending at index {index}; wait until it is applied")]
+    Pending { index: u64 },
+    #[error("leadership is being transferred to replica {to}")]
+    TransferInProgress { to: u64 },
+    #[error("node {0} is not a member of this group")]
+    UnknownNode(u64),
+    #[error("node id {0} is reserved")]
+    InvalidNode(u64),
+    #[error("node {0} appears twice in one change")]
+    DuplicateNode(u64),
+    #[error("unknown change type {0}")]
+    UnknownChangeType(i32),
+    #[error("the change would leave the group without a voter")]
+    RemovesLastVoter,
+    #[error("the group is in a joint configuration; it must leave it first")]
+    AlreadyJoint,
+    #[error("the group is not in a joint configuration")]
+    NotJoint,
+    #[error("raft halted after a storage failure: {0}")]
+    Halted(String),
+}

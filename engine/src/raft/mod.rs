@@ -27,6 +27,7 @@ mod config;
 mod core;
 mod error;
 mod log;
+mod membership;
 mod progress;
 mod quorum;
 mod raw_node;
@@ -38,10 +39,14 @@ mod tracker;
 
 pub use self::config::Config;
 pub use self::core::{Role, NONE};
-pub use self::error::{ConfigError, Error, ProposeError, ReadError, StorageError, TransferError};
+pub use self::error::{
+    ConfChangeError, ConfigError, Error, ProposeError, ReadError, StorageError, TransferError,
+};
+pub use self::membership::{add_learner, add_voter, remove, Membership};
 pub use self::raw_node::{RawNode, Ready, SoftState, Status};
 pub use self::read_only::ReadState;
 pub use self::storage::{entry_size, InitialState, LogStore, MemStorage};
 pub use flotilla_transport::raft::{
-    ConfState, Entry, EntryType, HardState, Message, MessageType, SnapshotMetadata,
+    ConfChange, ConfChangeSingle, ConfChangeType, ConfState, Entry, EntryType, HardState, Message,
+    MessageType, SnapshotMetadata,
 };

@@ -15,11 +15,13 @@
 //! `advance`.
 
 use bytes::Bytes;
-use flotilla_transport::raft::{Entry, HardState, Message, MessageType};
+use flotilla_transport::raft::{
+    ConfChange, ConfState, Entry, EntryType, HardState, Message, MessageType,
+};
 
 use super::config::Config;
 use super::core::{CampaignKind, Raft, Role, NONE};
-use super::error::{Error, ProposeError, ReadError, StorageError, TransferError};
+use super::error::{ConfChangeError, Error, ProposeError, ReadError, StorageError, TransferError};
 use super::read_only::ReadState;
 use super::step::StepError;
 use super::storage::{entry_size, LogStore};
@@ -48,6 +50,9 @@ pub struct Ready {
     pub persisted_messages: Vec<Message>,
     /// Confirmed reads: serve each once applied up to its index.
     pub read_states: Vec<ReadState>,
+    /// The membership after the changes among `committed_entries`, when there are any: persist
+    /// it with the apply state, so that a restart from that applied index starts from it.
+    pub conf_state: Option<ConfState>,
     must_sync: bool,
     /// The last entry handed out to persist, as `(index, term)`.
     persist_to: Option<(u64, u64)>,
@@ -215,6 +220,22 @@ impl<S: LogStore> RawNode<S> {
         }
     }
 
+    /// Proposes a membership change; returns its entry's `(term, index)`. It takes effect on
+    /// each replica when the entry commits and is handed out for apply; a change of more than
+    /// one voter goes through a joint configuration that the leader leaves on its own.
+    ///
+    /// # Errors
+    /// [`ConfChangeError`] when this replica is not the leader, a change is still pending, or
+    /// the change does not apply to the current membership; nothing was proposed.
+    pub fn propose_conf_change(&mut self, cc: &ConfChange) -> Result<(u64, u64), ConfChangeError> {
+        self.local_request(|raft| raft.propose_conf_change(cc), ConfChangeError::Halted)
+    }
+
+    /// The membership in force (the last change handed out for apply).
+    pub fn conf_state(&self) -> ConfState {
+        self.raft.membership.to_conf_state()
+    }
+
     /// Asks for a linearizable read; the answer comes as a `ReadState` carrying `context`.
     ///
     /// # Errors
@@ -325,6 +346,14 @@ impl<S: LogStore> RawNode<S> {
             if let Some(last) = rd.committed_entries.last() {
                 rd.apply_to = Some(last.index);
                 self.raft.log.applying = last.index;
+            }
+            for e in &rd.committed_entries {
+                if e.entry_type == EntryType::ConfChange as i32 {
+                    let r = self.raft.apply_conf_change(e);
+                    if let Some(cs) = self.latch(r)? {
+                        rd.conf_state = Some(cs);
+                    }
+                }
             }
         }
         // A new term or vote must be durable before anything of that term leaves: a group of

@@ -94,6 +94,8 @@ pub fn limit_size(entries: &mut Vec<Entry>, max_size_bytes: u64) {
 #[derive(Clone, Debug, Default)]
 pub struct MemStorage {
     hard_state: HardState,
+    /// The membership as of the applied index the caller restarts from.
+    conf_state: ConfState,
     snapshot: SnapshotMetadata,
     /// `entries[i]` has index `snapshot.index + 1 + i`.
     entries: Vec<Entry>,
@@ -102,7 +104,13 @@ pub struct MemStorage {
 impl MemStorage {
     /// A fresh log for a group whose members are `voters` and `learners`.
     pub fn new_with_conf(voters: &[u64], learners: &[u64]) -> Self {
+        let conf_state = ConfState {
+            voters: voters.to_vec(),
+            learners: learners.to_vec(),
+            ..ConfState::default()
+        };
         Self {
+            conf_state,
             snapshot: SnapshotMetadata {
                 index: 0,
                 term: 0,
@@ -122,6 +130,11 @@ impl MemStorage {
 
     pub fn set_hard_state(&mut self, hard_state: HardState) {
         self.hard_state = hard_state;
+    }
+
+    /// Records the membership that goes with the caller's applied index.
+    pub fn set_conf_state(&mut self, conf_state: ConfState) {
+        self.conf_state = conf_state;
     }
 
     /// All entries still in the log.
@@ -160,7 +173,7 @@ impl LogStore for MemStorage {
     fn initial_state(&self) -> Result<InitialState, StorageError> {
         Ok(InitialState {
             hard_state: self.hard_state,
-            conf_state: self.snapshot.conf_state.clone().unwrap_or_default(),
+            conf_state: self.conf_state.clone(),
         })
     }
 

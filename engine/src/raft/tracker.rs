@@ -3,10 +3,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use flotilla_transport::raft::ConfState;
-
+use super::membership::Membership;
 use super::progress::Progress;
-use super::quorum::{JointConfig, VoteResult};
+use super::quorum::{JointConfig, MajorityConfig, VoteResult};
 
 #[derive(Clone, Debug, Default)]
 pub struct ProgressTracker {
@@ -18,21 +17,36 @@ pub struct ProgressTracker {
 }
 
 impl ProgressTracker {
-    pub fn new(conf: &ConfState, max_inflight: usize) -> Self {
-        let config = JointConfig {
-            incoming: super::quorum::MajorityConfig::new(conf.voters.iter().copied()),
-            outgoing: super::quorum::MajorityConfig::new(conf.voters_outgoing.iter().copied()),
-        };
-        let learners: BTreeSet<u64> = conf.learners.iter().copied().collect();
+    pub fn new(membership: &Membership, max_inflight: usize) -> Self {
         let mut tracker = Self {
-            config,
-            learners,
-            progress: BTreeMap::new(),
-            votes: BTreeMap::new(),
             max_inflight,
+            ..Self::default()
         };
-        tracker.reset_progress(1, 0, 0);
+        tracker.set_membership(membership, 1);
         tracker
+    }
+
+    /// Counts in `membership` from now on: new members start probing at `next`, members that
+    /// stay keep their progress, removed ones are forgotten.
+    pub fn set_membership(&mut self, membership: &Membership, next: u64) {
+        self.config = JointConfig {
+            incoming: MajorityConfig::new(membership.voters.iter().copied()),
+            outgoing: MajorityConfig::new(membership.voters_outgoing.iter().copied()),
+        };
+        // Demoted voters keep voting in the outgoing half until the joint config is left.
+        self.learners = membership
+            .learners
+            .union(&membership.learners_next)
+            .copied()
+            .collect();
+        let members: BTreeSet<u64> = self.config.ids().union(&self.learners).copied().collect();
+        self.progress.retain(|id, _| members.contains(id));
+        for id in members {
+            self.progress
+                .entry(id)
+                .or_insert_with(|| Progress::new(next, self.max_inflight));
+        }
+        self.votes.retain(|id, _| self.config.contains(*id));
     }
 
     /// Fresh progress for every member: next = `next`, matched 0 except `self_id`'s.

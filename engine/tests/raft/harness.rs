@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 use flotilla_engine::raft::{
-    Config, Entry, HardState, MemStorage, Message, MessageType, RawNode, ReadState, Ready, Role,
+    Config, Entry, EntryType, HardState, MemStorage, Message, MessageType, RawNode, ReadState,
+    Ready, Role,
 };
 
 pub fn config(id: u64) -> Config {
@@ -76,6 +77,10 @@ pub fn persist(node: &mut RawNode<MemStorage>) -> Ready {
     if let Some(hs) = &rd.hard_state {
         node.store_mut().set_hard_state(*hs);
     }
+    // The harness applies within the same round, so the membership goes with it.
+    if let Some(cs) = &rd.conf_state {
+        node.store_mut().set_conf_state(cs.clone());
+    }
     node.store_mut().append(&rd.entries).expect("append");
     rd
 }
@@ -116,6 +121,11 @@ impl Cluster {
     pub fn new(n: u64, tweak: &dyn Fn(&mut Config)) -> Self {
         let ids: Vec<u64> = (1..=n).collect();
         Self::with_learners(&ids, &[], tweak)
+    }
+
+    /// Adds a replica that is not in any configuration yet (it will be added by a change).
+    pub fn add_blank(&mut self, id: u64, voters: &[u64], tweak: &dyn Fn(&mut Config)) {
+        self.nodes.insert(id, new_node(id, voters, &[], tweak));
     }
 
     pub fn with_learners(voters: &[u64], learners: &[u64], tweak: &dyn Fn(&mut Config)) -> Self {
@@ -222,13 +232,13 @@ impl Cluster {
         r
     }
 
-    /// Payloads applied on `id`, skipping the leaders' empty entries.
+    /// Payloads applied on `id`, skipping the leaders' empty entries and membership changes.
     pub fn applied_data(&self, id: u64) -> Vec<String> {
         self.applied
             .get(&id)
             .map(|es| {
                 es.iter()
-                    .filter(|e| !e.data.is_empty())
+                    .filter(|e| !e.data.is_empty() && e.entry_type == EntryType::Normal as i32)
                     .map(|e| String::from_utf8_lossy(&e.data).into_owned())
                     .collect()
             })

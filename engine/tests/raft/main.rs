@@ -3,6 +3,7 @@
 //! public API and assert the exact messages and state they produce.
 
 mod harness;
+mod membership;
 mod paper;
 mod reads;
 mod robustness;
