@@ -16,6 +16,7 @@ use super::config::Config;
 use super::error::{ConfChangeError, ProposeError, ReadError, StorageError, TransferError};
 use super::log::RaftLog;
 use super::membership::Membership;
+use super::progress::ProgressState;
 use super::quorum::VoteResult;
 use super::read_only::{PendingRead, ReadQueue, ReadState};
 use super::rng::SplitMix64;
@@ -423,14 +424,7 @@ impl<S: LogStore> Raft<S> {
         let last = self.log.last_index()?;
         let prev_term = match self.log.term(prev_index) {
             Ok(t) => t,
-            Err(StorageError::Compacted) => {
-                // The follower needs a snapshot; sending them arrives with log compaction.
-                debug!(
-                    id = self.id,
-                    to, prev_index, "entries compacted: follower needs a snapshot"
-                );
-                return Ok(false);
-            }
+            Err(StorageError::Compacted) => return self.send_snapshot(to),
             Err(e) => return Err(e),
         };
         let entries = if next <= last {
@@ -439,13 +433,19 @@ impl<S: LogStore> Raft<S> {
                 .entries(next, last + 1, self.config.max_size_per_msg_bytes)
             {
                 Ok(entries) => entries,
-                Err(StorageError::Compacted) => return Ok(false),
+                Err(StorageError::Compacted) => return self.send_snapshot(to),
                 Err(e) => return Err(e),
             }
         } else {
             Vec::new()
         };
-        if entries.is_empty() && !send_if_empty {
+        // In probe state an empty append is the probe itself (a new member, say, whose
+        // `next` starts past the leader's log): it must go out.
+        let probing = self
+            .tracker
+            .get(to)
+            .is_some_and(|p| p.state == ProgressState::Probe);
+        if entries.is_empty() && !send_if_empty && !probing {
             return Ok(false);
         }
         let mut m = self.new_message(to, MessageType::Append);
@@ -460,13 +460,55 @@ impl<S: LogStore> Raft<S> {
         match last_sent {
             Some(last_sent) => pr.sent_entries(last_sent),
             None => {
-                if pr.state == super::progress::ProgressState::Probe {
+                if pr.state == ProgressState::Probe {
                     pr.probe_sent = true;
                 }
             }
         }
         self.msgs.push(m);
         Ok(true)
+    }
+
+    /// The entries `to` needs were compacted: send the latest snapshot's metadata (the data goes
+    /// out of band) and wait for it to be installed or reported.
+    fn send_snapshot(&mut self, to: u64) -> Result<bool, StorageError> {
+        let snapshot = self.log.store.snapshot_metadata()?;
+        if snapshot.index == 0 {
+            return Ok(false);
+        }
+        debug!(
+            id = self.id,
+            to,
+            index = snapshot.index,
+            "follower behind the compacted log: sending a snapshot"
+        );
+        let Some(pr) = self.tracker.get_mut(to) else {
+            return Ok(false);
+        };
+        pr.become_snapshot(snapshot.index);
+        let mut m = self.new_message(to, MessageType::Snapshot);
+        m.snapshot = Some(snapshot);
+        self.msgs.push(m);
+        Ok(true)
+    }
+
+    /// The caller reports how sending the snapshot to `to` went. Either way the leader probes
+    /// again (after the snapshot if it got there); a failure simply retries later.
+    pub(crate) fn report_snapshot(&mut self, to: u64, success: bool) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let Some(pr) = self.tracker.get_mut(to) else {
+            return;
+        };
+        if pr.state == ProgressState::Snapshot {
+            if !success {
+                pr.pending_snapshot = 0;
+            }
+            pr.become_probe();
+            // Wait for the next heartbeat answer before probing, as after any lost append.
+            pr.probe_sent = true;
+        }
     }
 
     /// Sends every follower what it lacks, as much as its window allows.

@@ -101,3 +101,18 @@ pub enum ConfChangeError {
     #[error("raft halted after a storage failure: {0}")]
     Halted(String),
 }
+
+/// Why a compaction was refused. Nothing was released.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum CompactError {
+    #[error("index {index} is not applied yet (applied {applied})")]
+    NotApplied { index: u64, applied: u64 },
+    #[error("the log has no entry {index} of term {term}")]
+    TermMismatch { index: u64, term: u64 },
+    #[error("index {index} is compacted already")]
+    AlreadyCompacted { index: u64 },
+    #[error("snapshot metadata without a configuration")]
+    NoConfiguration,
+    #[error("raft halted after a storage failure: {0}")]
+    Halted(String),
+}

@@ -6,7 +6,7 @@
 //! `first_index - 1 <= applied <= min(committed, persisted)` and
 //! `persisted = unstable_offset - 1 <= last_index`.
 
-use flotilla_transport::raft::Entry;
+use flotilla_transport::raft::{Entry, SnapshotMetadata};
 
 use super::error::StorageError;
 use super::storage::{limit_size, LogStore};
@@ -33,6 +33,10 @@ pub struct RaftLog<S> {
     /// Highest index handed to the caller for apply.
     pub(crate) applying: u64,
     pub(crate) applied: u64,
+    /// A snapshot received from the leader and not yet installed by the caller: the log starts
+    /// after it, whatever the store still holds below.
+    snapshot: Option<SnapshotMetadata>,
+    snapshot_in_progress: bool,
 }
 
 impl<S: LogStore> RaftLog<S> {
@@ -54,14 +58,58 @@ impl<S: LogStore> RaftLog<S> {
             committed,
             applying: applied,
             applied,
+            snapshot: None,
+            snapshot_in_progress: false,
         })
     }
 
     pub fn last_index(&self) -> Result<u64, StorageError> {
-        if self.unstable.is_empty() {
+        if self.unstable.is_empty() && self.snapshot.is_none() {
             self.store.last_index()
         } else {
             Ok(self.unstable_offset + self.unstable.len() as u64 - 1)
+        }
+    }
+
+    /// Replaces the log with a snapshot from the leader (thesis 5.3): everything up to its index
+    /// is committed and will be installed by the caller; entries after it come from the leader.
+    pub fn restore(&mut self, snapshot: SnapshotMetadata) {
+        assert!(
+            snapshot.index > self.committed,
+            "restoring snapshot {} at or below commit {}",
+            snapshot.index,
+            self.committed
+        );
+        self.unstable.clear();
+        self.unstable_offset = snapshot.index + 1;
+        self.in_progress = snapshot.index;
+        self.committed = snapshot.index;
+        self.applying = snapshot.index;
+        self.snapshot = Some(snapshot);
+        self.snapshot_in_progress = false;
+    }
+
+    /// The snapshot to hand to the caller for installing, once.
+    pub fn snapshot_to_install(&mut self) -> Option<SnapshotMetadata> {
+        if self.snapshot_in_progress {
+            return None;
+        }
+        let s = self.snapshot.clone()?;
+        self.snapshot_in_progress = true;
+        Some(s)
+    }
+
+    pub fn has_snapshot_to_install(&self) -> bool {
+        self.snapshot.is_some() && !self.snapshot_in_progress
+    }
+
+    /// The caller installed the snapshot at `index`: the store now answers for it.
+    pub fn snapshot_installed(&mut self, index: u64) {
+        if self.snapshot.as_ref().is_some_and(|s| s.index == index) {
+            self.snapshot = None;
+            self.snapshot_in_progress = false;
+            self.applied = self.applied.max(index);
+            self.applying = self.applying.max(index);
         }
     }
 
@@ -82,6 +130,13 @@ impl<S: LogStore> RaftLog<S> {
                 .get(i)
                 .map(|e| e.term)
                 .ok_or(StorageError::Unavailable);
+        }
+        if let Some(s) = &self.snapshot {
+            return if index == s.index {
+                Ok(s.term)
+            } else {
+                Err(StorageError::Compacted)
+            };
         }
         self.store.term(index)
     }
@@ -223,6 +278,9 @@ impl<S: LogStore> RaftLog<S> {
     ) -> Result<Vec<Entry>, StorageError> {
         if low >= high {
             return Ok(Vec::new());
+        }
+        if self.snapshot.is_some() && low < self.unstable_offset {
+            return Err(StorageError::Compacted);
         }
         let mut out = if low < self.unstable_offset {
             self.store

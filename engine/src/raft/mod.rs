@@ -40,7 +40,8 @@ mod tracker;
 pub use self::config::Config;
 pub use self::core::{Role, NONE};
 pub use self::error::{
-    ConfChangeError, ConfigError, Error, ProposeError, ReadError, StorageError, TransferError,
+    CompactError, ConfChangeError, ConfigError, Error, ProposeError, ReadError, StorageError,
+    TransferError,
 };
 pub use self::membership::{add_learner, add_voter, remove, Membership};
 pub use self::raw_node::{RawNode, Ready, SoftState, Status};

@@ -10,6 +10,9 @@ pub enum ProgressState {
     Probe,
     /// The logs match up to `matched`: stream appends, at most the inflight window at once.
     Replicate,
+    /// The follower needs entries that were compacted: a snapshot is on its way, nothing else
+    /// is sent until it is acknowledged or reported done or failed.
+    Snapshot,
 }
 
 /// Last indexes of the appends in flight to one follower, oldest first.
@@ -62,6 +65,8 @@ pub struct Progress {
     /// In probe state: an append is outstanding, wait for its answer or a heartbeat response.
     pub probe_sent: bool,
     pub inflights: Inflights,
+    /// In snapshot state: the index of the snapshot sent.
+    pub pending_snapshot: u64,
     /// Heard from since the last check-quorum round.
     pub recent_active: bool,
     /// The latest heartbeat round this follower acknowledged (ReadIndex and lease).
@@ -80,6 +85,7 @@ impl Progress {
             state: ProgressState::Probe,
             probe_sent: false,
             inflights: Inflights::new(max_inflight),
+            pending_snapshot: 0,
             recent_active: false,
             read_round_acked: 0,
             stalled_heartbeats: 0,
@@ -88,13 +94,23 @@ impl Progress {
     }
 
     pub fn become_probe(&mut self) {
+        // Coming from a snapshot, probe right after it (its acknowledgement may be lost).
+        self.next = (self.matched + 1).max(self.pending_snapshot + 1);
+        self.pending_snapshot = 0;
         self.state = ProgressState::Probe;
         self.probe_sent = false;
         self.inflights.reset();
-        self.next = self.matched + 1;
+    }
+
+    pub fn become_snapshot(&mut self, index: u64) {
+        self.state = ProgressState::Snapshot;
+        self.pending_snapshot = index;
+        self.probe_sent = false;
+        self.inflights.reset();
     }
 
     pub fn become_replicate(&mut self) {
+        self.pending_snapshot = 0;
         self.state = ProgressState::Replicate;
         self.probe_sent = false;
         self.inflights.reset();
@@ -106,6 +122,7 @@ impl Progress {
         match self.state {
             ProgressState::Probe => self.probe_sent,
             ProgressState::Replicate => self.inflights.full(),
+            ProgressState::Snapshot => true,
         }
     }
 
@@ -147,6 +164,7 @@ impl Progress {
                 self.inflights.add(last);
             }
             ProgressState::Probe => self.probe_sent = true,
+            ProgressState::Snapshot => {}
         }
     }
 

@@ -16,12 +16,14 @@
 
 use bytes::Bytes;
 use flotilla_transport::raft::{
-    ConfChange, ConfState, Entry, EntryType, HardState, Message, MessageType,
+    ConfChange, ConfState, Entry, EntryType, HardState, Message, MessageType, SnapshotMetadata,
 };
 
 use super::config::Config;
 use super::core::{CampaignKind, Raft, Role, NONE};
-use super::error::{ConfChangeError, Error, ProposeError, ReadError, StorageError, TransferError};
+use super::error::{
+    CompactError, ConfChangeError, Error, ProposeError, ReadError, StorageError, TransferError,
+};
 use super::read_only::ReadState;
 use super::step::StepError;
 use super::storage::{entry_size, LogStore};
@@ -40,6 +42,9 @@ pub struct Ready {
     pub soft_state: Option<SoftState>,
     /// Present when term, vote or commit changed; persist it with `entries`.
     pub hard_state: Option<HardState>,
+    /// A snapshot from the leader to install before `entries`: fetch its data (out of band),
+    /// replace the state machine and the log with it, durably, with the rest of this Ready.
+    pub snapshot: Option<SnapshotMetadata>,
     /// Entries to append to the log, replacing any stored entry at or after the first one's index.
     pub entries: Vec<Entry>,
     /// Entries to apply, in order; all are committed and durable here.
@@ -231,6 +236,56 @@ impl<S: LogStore> RawNode<S> {
         self.local_request(|raft| raft.propose_conf_change(cc), ConfChangeError::Halted)
     }
 
+    /// The caller reports how sending a snapshot to `to` went (it streams the data itself).
+    pub fn report_snapshot(&mut self, to: u64, success: bool) {
+        self.raft.report_snapshot(to, success);
+    }
+
+    /// Compacts the log up to `snapshot.index`, an index the caller has applied and can serve
+    /// as a snapshot described by `snapshot` (its term and the membership in force there).
+    /// Followers that need the released entries are sent that snapshot instead.
+    ///
+    /// # Errors
+    /// [`CompactError`] if the snapshot is not applied yet, does not match the log, or is not
+    /// ahead of the current one; the store's failure halts the replica.
+    pub fn compact(&mut self, snapshot: &SnapshotMetadata) -> Result<(), CompactError> {
+        if let Some(e) = &self.fatal {
+            return Err(CompactError::Halted(e.to_string()));
+        }
+        let log = &self.raft.log;
+        if snapshot.index > log.applied {
+            return Err(CompactError::NotApplied {
+                index: snapshot.index,
+                applied: log.applied,
+            });
+        }
+        match log.term(snapshot.index) {
+            Ok(t) if t == snapshot.term => {}
+            Err(StorageError::Compacted) => {
+                return Err(CompactError::AlreadyCompacted {
+                    index: snapshot.index,
+                })
+            }
+            Ok(_) | Err(StorageError::Unavailable) => {
+                return Err(CompactError::TermMismatch {
+                    index: snapshot.index,
+                    term: snapshot.term,
+                })
+            }
+            Err(e) => {
+                let message = e.to_string();
+                let _ = self.latch::<()>(Err(e));
+                return Err(CompactError::Halted(message));
+            }
+        }
+        if snapshot.conf_state.is_none() {
+            return Err(CompactError::NoConfiguration);
+        }
+        let r = self.raft.log.store.compact(snapshot);
+        self.latch(r)
+            .map_err(|e| CompactError::Halted(e.to_string()))
+    }
+
     /// The membership in force (the last change handed out for apply).
     pub fn conf_state(&self) -> ConfState {
         self.raft.membership.to_conf_state()
@@ -293,6 +348,7 @@ impl<S: LogStore> RawNode<S> {
         self.soft_state() != self.prev_soft_state
             || r.hard_state() != self.prev_hard_state
             || r.log.has_entries_to_persist()
+            || r.log.has_snapshot_to_install()
             || !r.msgs.is_empty()
             || !r.read_states.is_empty()
             || r.reads.round_wanted
@@ -321,6 +377,10 @@ impl<S: LogStore> RawNode<S> {
             rd.must_sync =
                 hard.term != self.prev_hard_state.term || hard.vote != self.prev_hard_state.vote;
             rd.hard_state = Some(hard);
+        }
+        if let Some(snapshot) = self.raft.log.snapshot_to_install() {
+            rd.must_sync = true;
+            rd.snapshot = Some(snapshot);
         }
         rd.entries = self.raft.log.entries_to_persist().to_vec();
         if let Some(last) = rd.entries.last() {
@@ -396,6 +456,9 @@ impl<S: LogStore> RawNode<S> {
         self.ready_outstanding = false;
         if let Some(hs) = &ready.hard_state {
             self.prev_hard_state = *hs;
+        }
+        if let Some(snapshot) = &ready.snapshot {
+            self.raft.log.snapshot_installed(snapshot.index);
         }
         if let Some((index, term)) = ready.persist_to {
             let r = self.raft.on_persisted(index, term);

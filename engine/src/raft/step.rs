@@ -11,6 +11,7 @@ use tracing::{debug, warn};
 use super::core::{CampaignKind, Raft, Role, MAX_TERM, NONE};
 use super::error::StorageError;
 use super::log::AppendOutcome;
+use super::membership::Membership;
 use super::progress::ProgressState;
 use super::quorum::VoteResult;
 use super::read_only::ReadState;
@@ -196,7 +197,12 @@ impl<S: LogStore> Raft<S> {
                 });
                 Ok(())
             }
-            MessageType::Snapshot => invalid("snapshot install arrives with log compaction"),
+            MessageType::Snapshot => {
+                self.election_elapsed = 0;
+                self.leader_contact_elapsed = 0;
+                self.leader_id = m.from;
+                self.handle_snapshot(m)
+            }
             _ => Ok(()),
         }
     }
@@ -296,6 +302,54 @@ impl<S: LogStore> Raft<S> {
         Ok(())
     }
 
+    /// A leader sent a snapshot because our log is behind its compacted prefix (thesis 5.3).
+    /// Only its metadata travels here; the caller fetches the data and installs both from
+    /// `Ready::snapshot`. The acknowledgement waits for that (it is a persisted message).
+    fn handle_snapshot(&mut self, m: Message) -> Result<(), StepError> {
+        let Some(snapshot) = m.snapshot else {
+            return invalid("snapshot message without metadata");
+        };
+        let Some(conf_state) = snapshot.conf_state.clone() else {
+            return invalid("snapshot without a configuration");
+        };
+        if snapshot.term > m.term || snapshot.index == 0 {
+            return invalid(format!(
+                "snapshot at index {} term {} from a leader of term {}",
+                snapshot.index, snapshot.term, m.term
+            ));
+        }
+        let mut r = self.new_message(m.from, MessageType::AppendResponse);
+        if snapshot.index <= self.log.committed {
+            // Stale: we hold everything it covers already (never go back below the commit).
+            debug!(
+                id = self.id,
+                index = snapshot.index,
+                committed = self.log.committed,
+                "stale snapshot ignored"
+            );
+            r.index = self.log.committed;
+        } else if self.log.match_term(snapshot.index, snapshot.term)? {
+            // Our log holds the snapshot's last entry: everything up to it is committed.
+            self.log.commit_to(snapshot.index);
+            r.index = snapshot.index;
+        } else {
+            debug!(
+                id = self.id,
+                index = snapshot.index,
+                term = snapshot.term,
+                "restoring snapshot"
+            );
+            let index = snapshot.index;
+            self.log.restore(snapshot);
+            self.membership = Membership::from_conf_state(&conf_state);
+            let last = self.log.last_index()?;
+            self.tracker.set_membership(&self.membership, last + 1);
+            r.index = index;
+        }
+        self.msgs.push(r);
+        Ok(())
+    }
+
     fn handle_heartbeat(&mut self, m: Message) -> Result<(), StepError> {
         let last = self.log.last_index()?;
         self.log.commit_to(m.commit.min(last));
@@ -343,6 +397,9 @@ impl<S: LogStore> Raft<S> {
         match pr.state {
             ProgressState::Probe => pr.become_replicate(),
             ProgressState::Replicate => pr.inflights.free_le(m.index),
+            // The follower installed the snapshot (or caught up otherwise): probe after it.
+            ProgressState::Snapshot if pr.matched >= pr.pending_snapshot => pr.become_probe(),
+            ProgressState::Snapshot => {}
         }
         if self.maybe_commit()? {
             self.broadcast_append(true)?;

@@ -66,6 +66,14 @@ pub trait LogStore {
     /// # Errors
     /// [`StorageError::Io`] when the disk fails.
     fn snapshot_metadata(&self) -> Result<SnapshotMetadata, StorageError>;
+
+    /// Releases the entries up to `snapshot.index`, which the caller's state machine holds
+    /// (applied) and can send as a snapshot described by `snapshot`. Called by
+    /// `RawNode::compact` after it checked `snapshot` against the log.
+    ///
+    /// # Errors
+    /// [`StorageError::Io`] when the disk fails.
+    fn compact(&mut self, snapshot: &SnapshotMetadata) -> Result<(), StorageError>;
 }
 
 /// The encoded size of an entry, as counted against message and batch size caps.
@@ -167,6 +175,16 @@ impl MemStorage {
     fn offset(&self) -> u64 {
         self.snapshot.index + 1
     }
+
+    /// Installs a snapshot received from the leader: the log restarts after it.
+    pub fn apply_snapshot(&mut self, snapshot: SnapshotMetadata) {
+        self.entries.clear();
+        self.hard_state.commit = self.hard_state.commit.max(snapshot.index);
+        if let Some(cs) = &snapshot.conf_state {
+            self.conf_state = cs.clone();
+        }
+        self.snapshot = snapshot;
+    }
 }
 
 impl LogStore for MemStorage {
@@ -221,6 +239,20 @@ impl LogStore for MemStorage {
 
     fn snapshot_metadata(&self) -> Result<SnapshotMetadata, StorageError> {
         Ok(self.snapshot.clone())
+    }
+
+    fn compact(&mut self, snapshot: &SnapshotMetadata) -> Result<(), StorageError> {
+        if snapshot.index <= self.snapshot.index {
+            return Ok(());
+        }
+        let last = self.snapshot.index + self.entries.len() as u64;
+        if snapshot.index > last {
+            return Err(StorageError::Unavailable);
+        }
+        self.entries
+            .drain(..(snapshot.index - self.snapshot.index) as usize);
+        self.snapshot = snapshot.clone();
+        Ok(())
     }
 }
 

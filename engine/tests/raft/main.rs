@@ -7,4 +7,5 @@ mod membership;
 mod paper;
 mod reads;
 mod robustness;
+mod snapshot;
 mod transfer;

@@ -199,6 +199,13 @@ impl flotilla_engine::raft::LogStore for FailingStore {
         self.check()?;
         self.inner.snapshot_metadata()
     }
+    fn compact(
+        &mut self,
+        snapshot: &flotilla_engine::raft::SnapshotMetadata,
+    ) -> Result<(), flotilla_engine::raft::StorageError> {
+        self.check()?;
+        self.inner.compact(snapshot)
+    }
 }
 
 /// A failing disk halts the replica for good (fail-stop): every later call reports it, none
