@@ -698,15 +698,27 @@ impl<S: LogStore> Raft<S> {
                     "removed from the configuration: stepping down"
                 );
                 self.become_follower(self.term, NONE);
-            } else if self.membership.is_joint() && entry.index >= self.pending_conf_index {
-                // Leave the joint configuration as soon as it is in force (thesis 4.3).
-                self.append_conf_change(&ConfChange::default())?;
             } else if self.maybe_commit()? {
                 // A smaller quorum may already hold more.
                 self.broadcast_append(true)?;
             }
         }
         Ok(Some(self.membership.to_conf_state()))
+    }
+
+    /// A leader leaves a joint configuration as soon as everything up to its last membership
+    /// entry is handed out for apply (thesis 4.3) — including a joint configuration it
+    /// inherited from its predecessor, once its own first entry is applied.
+    pub(crate) fn maybe_leave_joint(&mut self) -> Result<(), StorageError> {
+        if self.role == Role::Leader
+            && self.membership.is_joint()
+            && self.lead_transferee.is_none()
+            && self.log.applying >= self.pending_conf_index
+        {
+            debug!(id = self.id, "leaving the joint configuration");
+            self.append_conf_change(&ConfChange::default())?;
+        }
+        Ok(())
     }
 
     /// Starts a linearizable read (thesis 6.4). On a follower the request goes to the leader.

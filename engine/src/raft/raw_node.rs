@@ -415,6 +415,8 @@ impl<S: LogStore> RawNode<S> {
                     }
                 }
             }
+            let r = self.raft.maybe_leave_joint();
+            self.latch(r)?;
         }
         // A new term or vote must be durable before anything of that term leaves: a group of
         // one becomes leader within one call, and its appends to learners would otherwise

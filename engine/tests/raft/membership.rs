@@ -233,3 +233,40 @@ fn new_leader_waits_for_a_predecessors_change() {
         .propose_conf_change(&change(vec![remove(4)]))
         .expect("the predecessor's change is applied");
 }
+
+/// A leader that inherits a joint configuration (its predecessor died before leaving it)
+/// leaves it itself once its own first entry is applied.
+#[test]
+fn new_leader_leaves_an_inherited_joint_configuration() {
+    let mut c = Cluster::new(3, &|_| {});
+    c.add_blank(4, &[1, 2, 3], &|_| {});
+    c.campaign(1);
+    c.node(1)
+        .propose_conf_change(&change(vec![add_voter(4), remove(3)]))
+        .expect("replace 3 by 4");
+    // Leader 1 commits and applies the joint entry, but its leave entry never gets out.
+    let (msgs, _, _) = drive(c.node(1));
+    for m in msgs {
+        let to = m.to;
+        c.node(to).step(m).expect("append");
+        let (answers, _, _) = drive(c.node(to));
+        for a in answers {
+            c.node(1).step(a).expect("ack");
+        }
+    }
+    c.isolate(1);
+    c.settle();
+    assert!(
+        !c.node(1).conf_state().voters_outgoing.is_empty(),
+        "leader 1 is joint"
+    );
+    c.tick_all(60);
+    let leader = c.leader().expect("a new leader");
+    assert_ne!(leader, 1);
+    let cs = c.node(leader).conf_state();
+    assert_eq!(voters(&cs), vec![1, 2, 4]);
+    assert!(
+        cs.voters_outgoing.is_empty(),
+        "the new leader left the joint configuration"
+    );
+}
