@@ -63,6 +63,8 @@ pub struct Ready {
     persist_to: Option<(u64, u64)>,
     /// The last committed entry handed out to apply.
     apply_to: Option<u64>,
+    /// The index of `snapshot`, kept apart so that taking `snapshot` out does not lose it.
+    snapshot_index: Option<u64>,
 }
 
 impl Ready {
@@ -380,6 +382,7 @@ impl<S: LogStore> RawNode<S> {
         }
         if let Some(snapshot) = self.raft.log.snapshot_to_install() {
             rd.must_sync = true;
+            rd.snapshot_index = Some(snapshot.index);
             rd.snapshot = Some(snapshot);
         }
         rd.entries = self.raft.log.entries_to_persist().to_vec();
@@ -459,8 +462,8 @@ impl<S: LogStore> RawNode<S> {
         if let Some(hs) = &ready.hard_state {
             self.prev_hard_state = *hs;
         }
-        if let Some(snapshot) = &ready.snapshot {
-            self.raft.log.snapshot_installed(snapshot.index);
+        if let Some(index) = ready.snapshot_index {
+            self.raft.log.snapshot_installed(index);
         }
         if let Some((index, term)) = ready.persist_to {
             let r = self.raft.on_persisted(index, term);

@@ -92,6 +92,8 @@ pub struct Checker {
     /// For each committed index, the earliest term in which a replica reported it committed
     /// (non-decreasing along the log: committing an entry commits all before it).
     commit_terms: Vec<u64>,
+    /// Hash of the key-value state after applying each index, as first seen.
+    states: Vec<Option<u64>>,
     pub quorum: usize,
 }
 
@@ -107,6 +109,39 @@ impl Checker {
 
     pub fn committed_len(&self) -> u64 {
         self.committed.len()
+    }
+
+    /// The committed log up to `index`, as a replica that installs a snapshot there holds it.
+    pub fn committed_prefix(&self, index: u64) -> Result<MirrorLog, String> {
+        if index > self.committed.len() {
+            return Err(format!(
+                "snapshot at index {index} beyond the committed log ({} entries)",
+                self.committed.len()
+            ));
+        }
+        Ok(MirrorLog {
+            slots: self.committed.slots[..index as usize].to_vec(),
+        })
+    }
+
+    /// State machine safety at the level of the state: every replica's key-value state after
+    /// applying (or installing a snapshot at) `index` is the same.
+    pub fn on_state(&mut self, node: u64, index: u64, state_hash: u64) -> Check {
+        let i = index as usize;
+        if self.states.len() < i {
+            self.states.resize(i, None);
+        }
+        match self.states[i - 1] {
+            Some(h) if h != state_hash => Err(format!(
+                "node {node}'s state after index {index} differs from the replay of the \
+                 committed log"
+            )),
+            Some(_) => Ok(()),
+            None => {
+                self.states[i - 1] = Some(state_hash);
+                Ok(())
+            }
+        }
     }
 
     /// The last index known committed in a term before `term`.

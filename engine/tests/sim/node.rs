@@ -9,14 +9,28 @@
 use std::collections::BTreeMap;
 
 use flotilla_engine::raft::{
-    Config, Entry, HardState, MemStorage, Message, RawNode, ReadState, Ready,
+    Config, Entry, HardState, LogStore, MemStorage, Message, RawNode, ReadState, Ready,
+    SnapshotMetadata,
 };
 
 use crate::checker::MirrorLog;
 
+/// The key-value state a replica applied.
+pub type Kv = BTreeMap<u64, u64>;
+
+/// A snapshot to install: its metadata, its data (fetched from the leader) and the committed
+/// log it stands for (for the checkers' mirror).
+pub struct Install {
+    pub meta: SnapshotMetadata,
+    pub kv: Kv,
+    pub prefix: MirrorLog,
+}
+
 /// A write handed to the disk and not yet synced.
 pub struct Unsynced {
     pub ready: Ready,
+    /// Installed first, atomically (an ingested SST in the real store).
+    pub snapshot: Option<Install>,
     pub entries: Vec<Entry>,
     pub hard_state: Option<HardState>,
     /// Messages that may leave only once this write is durable.
@@ -35,8 +49,12 @@ pub struct SimNode {
     /// The log including unsynced writes, and the durable part only.
     pub log: MirrorLog,
     pub durable_log: MirrorLog,
-    /// The replica's key-value state, rebuilt from the log after a restart.
-    pub kv: BTreeMap<u64, u64>,
+    /// The replica's key-value state, rebuilt from its snapshot and log after a restart.
+    pub kv: Kv,
+    /// Durable: the state at the index the log was compacted to (what a snapshot sends).
+    pub snapshot_kv: Option<(u64, Kv)>,
+    /// Snapshot data fetched from a leader, waiting for the core to ask for its install.
+    pub fetched: BTreeMap<u64, Kv>,
     pub applied: u64,
     /// Confirmed reads waiting for apply to catch up: (index, context).
     pub reads: Vec<ReadState>,
@@ -64,6 +82,8 @@ impl SimNode {
             log: MirrorLog::default(),
             durable_log: MirrorLog::default(),
             kv: BTreeMap::new(),
+            snapshot_kv: None,
+            fetched: BTreeMap::new(),
             applied: 0,
             reads: Vec::new(),
             durable_term: 0,
@@ -83,6 +103,9 @@ impl SimNode {
         if let Some(raw) = self.raw.take() {
             self.disk = raw.store().clone();
         }
+        // A batch that installs a snapshot is all or nothing.
+        let keep_entries =
+            keep_entries.filter(|_| self.unsynced.as_ref().is_some_and(|w| w.snapshot.is_none()));
         if let (Some(w), Some(keep)) = (self.unsynced.take(), keep_entries) {
             let keep = keep.min(w.entries.len());
             let torn = &w.entries[..keep];
@@ -96,6 +119,7 @@ impl SimNode {
             }
         }
         self.unsynced = None;
+        self.fetched.clear();
         self.incarnation += 1;
         self.log = self.durable_log.clone();
         self.reads.clear();
@@ -103,21 +127,42 @@ impl SimNode {
         self.reported_commit = 0;
     }
 
+    /// Starts again from the disk: the state machine from its snapshot (or empty), the
+    /// membership that goes with that applied index, the rest replayed from the log.
     pub fn restart(&mut self) {
         let mut config = self.config.clone();
         config.seed = config
             .seed
             .wrapping_add(self.incarnation.wrapping_mul(0x9E37));
+        let (applied, kv) = self.snapshot_kv.clone().unwrap_or_default();
+        if applied > 0 {
+            if let Some(cs) = self
+                .disk
+                .snapshot_metadata()
+                .ok()
+                .and_then(|m| m.conf_state)
+            {
+                self.disk.set_conf_state(cs);
+            }
+        }
+        config.applied = applied;
         self.raw =
             Some(RawNode::new(config, self.disk.clone()).expect("restart from a valid disk"));
-        self.kv.clear();
-        self.applied = 0;
+        self.kv = kv;
+        self.applied = applied;
     }
 
     /// Makes the pending write durable; returns it for the caller to finish the round.
     pub fn sync(&mut self) -> Option<Unsynced> {
-        let w = self.unsynced.take()?;
+        let mut w = self.unsynced.take()?;
         let raw = self.raw.as_mut()?;
+        if let Some(install) = w.snapshot.take() {
+            raw.store_mut().apply_snapshot(install.meta.clone());
+            self.applied = install.meta.index;
+            self.kv = install.kv.clone();
+            self.snapshot_kv = Some((install.meta.index, install.kv));
+            self.durable_log = install.prefix;
+        }
         if let Some(hs) = &w.hard_state {
             raw.store_mut().set_hard_state(*hs);
             self.durable_term = self.durable_term.max(hs.term);

@@ -18,7 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::checker::{Check, Checker};
 use crate::linearizability::{OpKind, Operation};
 use crate::network::{Fate, Micros, Network, NetworkConfig, TICK_US};
-use crate::node::{SimNode, Unsynced};
+use crate::node::{Install, Kv, SimNode, Unsynced};
 
 /// Ticks of chaos, then at most this many ticks for the calm phase to converge.
 const CHAOS_TICKS: u64 = 400;
@@ -44,6 +44,8 @@ enum Event {
     Resume(u64),
     /// The chaos phase ends.
     Heal,
+    /// A replica compacts its log (log-compaction seeds only).
+    Compact,
     /// A client's timer; only its latest one counts.
     Client {
         client: usize,
@@ -114,6 +116,13 @@ pub struct World {
     /// Stalled nodes: ticks they missed, and the events waiting for them.
     paused: BTreeMap<u64, (u64, Vec<Event>)>,
     verbose: bool,
+}
+
+fn kv_hash(kv: &Kv) -> u64 {
+    kv.iter().fold(0x9E37_79B9_7F4A_7C15u64, |h, (k, v)| {
+        (h ^ k.wrapping_mul(0xff51_afd7_ed55_8ccd) ^ v.rotate_left(17))
+            .wrapping_mul(0xc4ce_b9fe_1a85_ec53)
+    })
 }
 
 /// Entry payload: key and a value unique across the run.
@@ -230,6 +239,10 @@ impl World {
         let first_fault = w.rng.random_range(10..40) * TICK_US;
         w.schedule(first_fault, Event::Fault);
         w.schedule(CHAOS_TICKS * TICK_US, Event::Heal);
+        if w.rng.random_bool(0.5) {
+            let first = w.rng.random_range(10..40) * TICK_US;
+            w.schedule(first, Event::Compact);
+        }
         w
     }
 
@@ -365,6 +378,9 @@ impl World {
                     self.drive(id)?;
                 }
             }
+            Event::Deliver(m) if m.msg_type == MessageType::Snapshot as i32 => {
+                self.deliver_snapshot(*m)?;
+            }
             Event::Deliver(m) => {
                 let to = m.to;
                 if let Some(raw) = self.node_mut(to).raw.as_mut() {
@@ -425,6 +441,12 @@ impl World {
                         self.handle(e)?;
                     }
                 }
+            }
+            Event::Compact => {
+                let id = *self.ids.choose(&mut self.rng).expect("non-empty");
+                self.compact(id);
+                let next = self.rng.random_range(5..40) * TICK_US;
+                self.schedule(next, Event::Compact);
             }
             Event::NetHeal => {
                 self.net.heal();
@@ -644,11 +666,72 @@ impl World {
 
     fn send(&mut self, msgs: Vec<Message>) {
         for m in msgs {
-            if let Fate::Deliver(delays) = self.net.fate(&mut self.rng, m.from, m.to, m.msg_type) {
-                for d in delays {
-                    self.schedule(d, Event::Deliver(Box::new(m.clone())));
+            match self.net.fate(&mut self.rng, m.from, m.to, m.msg_type) {
+                Fate::Deliver(delays) => {
+                    for d in delays {
+                        self.schedule(d, Event::Deliver(Box::new(m.clone())));
+                    }
                 }
+                Fate::Drop if m.msg_type == MessageType::Snapshot as i32 => {
+                    // A snapshot travels on its own stream, whose failure the sender sees.
+                    if let Some(raw) = self.node_mut(m.from).raw.as_mut() {
+                        raw.report_snapshot(m.to, false);
+                    }
+                }
+                Fate::Drop => {}
             }
+        }
+    }
+
+    /// A snapshot message: the receiver first fetches the data from the sender (its own
+    /// stream in the real store), then steps the message; the sender learns how it went.
+    fn deliver_snapshot(&mut self, m: Message) -> Check {
+        let (from, to) = (m.from, m.to);
+        let index = m.snapshot.as_ref().map_or(0, |s| s.index);
+        let data = self
+            .node(from)
+            .snapshot_kv
+            .as_ref()
+            .filter(|(i, _)| *i == index)
+            .map(|(_, kv)| kv.clone());
+        let receiver_up = self.node(to).is_up();
+        let ok = data.is_some() && receiver_up;
+        if let Some(raw) = self.node_mut(from).raw.as_mut() {
+            raw.report_snapshot(to, ok);
+        }
+        let (Some(kv), true) = (data, receiver_up) else {
+            self.say(|| format!("snapshot {index} from {from} to {to} failed"));
+            return self.drive(from);
+        };
+        self.say(|| format!("snapshot {index} from {from} to {to} transferred"));
+        let node = self.node_mut(to);
+        node.fetched.insert(index, kv);
+        if let Some(raw) = node.raw.as_mut() {
+            let _ = raw.step(m);
+        }
+        self.drive(to)?;
+        self.drive(from)
+    }
+
+    /// Compacts a replica's log up to what it applied, keeping its state as the snapshot.
+    fn compact(&mut self, id: u64) {
+        let node = self.node_mut(id);
+        if node.unsynced.is_some() {
+            return;
+        }
+        let applied = node.applied;
+        let Some(raw) = node.raw.as_mut() else { return };
+        let Ok(term) = raw.term_of(applied) else {
+            return;
+        };
+        let meta = flotilla_engine::raft::SnapshotMetadata {
+            index: applied,
+            term,
+            conf_state: Some(raw.conf_state()),
+        };
+        if applied > 0 && raw.compact(&meta).is_ok() {
+            node.snapshot_kv = Some((applied, node.kv.clone()));
+            self.say(|| format!("node {id} compacts its log up to {applied}"));
         }
     }
 
@@ -664,6 +747,23 @@ impl World {
         }
         let mut rd = raw.ready().map_err(|e| format!("node {id} ready: {e}"))?;
         let status = raw.status();
+        let install = match rd.snapshot.take() {
+            Some(meta) => {
+                let kv = node.fetched.remove(&meta.index).ok_or_else(|| {
+                    format!(
+                        "node {id} installs snapshot {} without its data",
+                        meta.index
+                    )
+                })?;
+                if meta.index > 0 {
+                    self.checker.on_state(id, meta.index, kv_hash(&kv))?;
+                }
+                let prefix = self.checker.committed_prefix(meta.index)?;
+                node.log = prefix.clone();
+                Some(Install { meta, kv, prefix })
+            }
+            None => None,
+        };
         let entries = std::mem::take(&mut rd.entries);
         let hard_state = rd.hard_state;
         // Leader append-only: a leader that led the same term at its previous Ready wrote only
@@ -705,6 +805,7 @@ impl World {
         let node = self.node_mut(id);
         node.unsynced = Some(Unsynced {
             ready: rd,
+            snapshot: install,
             entries,
             hard_state,
             persisted_messages,
@@ -758,9 +859,13 @@ impl World {
         self.checker.on_apply(id, e, &node.log)?;
         let node = self.node_mut(id);
         node.applied = e.index;
-        if let Some((key, value)) = decode(&e.data) {
-            node.kv.insert(key, value);
+        if e.entry_type == flotilla_engine::raft::EntryType::Normal as i32 {
+            if let Some((key, value)) = decode(&e.data) {
+                node.kv.insert(key, value);
+            }
         }
+        let state = kv_hash(&node.kv);
+        self.checker.on_state(id, e.index, state)?;
         // A client whose write this is, proposed at this node, learns the outcome.
         for c in 0..self.clients.len() {
             let Some(p) = &self.clients[c].pending else {
