@@ -239,6 +239,8 @@ impl<S: LogStore> RawNode<S> {
     }
 
     /// The caller reports how sending a snapshot to `to` went (it streams the data itself).
+    /// Every `Snapshot` message sent must be reported once, success or failure: until then
+    /// the leader sends that follower nothing else.
     pub fn report_snapshot(&mut self, to: u64, success: bool) {
         self.raft.report_snapshot(to, success);
     }

@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 
-use flotilla_engine::raft::Entry;
+use flotilla_engine::raft::{ConfState, Entry};
 
 /// `(term, chain hash)` of one log entry.
 pub type LogSlot = (u64, u64);
@@ -277,6 +277,73 @@ impl Checker {
                  entry there is {:?}",
                 entry.index, entry.term, committed
             ));
+        }
+        Ok(())
+    }
+
+    /// No committed entry lost, under a changing membership: `commit`, just committed by
+    /// leader `node` counting in `conf`, is durable on a majority of its voters (of both halves
+    /// when joint).
+    pub fn check_commit_quorum<'a>(
+        &self,
+        node: u64,
+        commit: u64,
+        conf: &ConfState,
+        durable: impl Fn(&u64) -> Option<&'a MirrorLog>,
+    ) -> Check {
+        let want = self.committed.slot(commit);
+        for half in [&conf.voters, &conf.voters_outgoing] {
+            if half.is_empty() {
+                continue;
+            }
+            let holders = half
+                .iter()
+                .filter(|id| durable(id).is_some_and(|l| l.slot(commit) == want))
+                .count();
+            if holders * 2 <= half.len() {
+                return Err(format!(
+                    "leader {node} committed {commit} durable on only {holders} of voters {half:?}"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Two consecutive configurations of a replica never have disjoint quorums (thesis 4.1):
+    /// brute force over every subset of their voters.
+    pub fn on_conf_change(&self, node: u64, before: &ConfState, after: &ConfState) -> Check {
+        let ids: Vec<u64> = before
+            .voters
+            .iter()
+            .chain(&before.voters_outgoing)
+            .chain(&after.voters)
+            .chain(&after.voters_outgoing)
+            .copied()
+            .collect::<std::collections::BTreeSet<u64>>()
+            .into_iter()
+            .collect();
+        let is_quorum = |set: &[u64], cs: &ConfState| {
+            [&cs.voters, &cs.voters_outgoing].iter().all(|half| {
+                half.is_empty() || half.iter().filter(|v| set.contains(v)).count() * 2 > half.len()
+            })
+        };
+        let subsets: Vec<Vec<u64>> = (0u32..1 << ids.len())
+            .map(|mask| {
+                ids.iter()
+                    .enumerate()
+                    .filter(|(i, _)| mask & (1 << i) != 0)
+                    .map(|(_, &id)| id)
+                    .collect()
+            })
+            .collect();
+        for a in subsets.iter().filter(|s| is_quorum(s, before)) {
+            let rest: Vec<u64> = ids.iter().copied().filter(|id| !a.contains(id)).collect();
+            if is_quorum(&rest, after) {
+                return Err(format!(
+                    "node {node}: membership {before:?} -> {after:?} allows disjoint quorums \
+                     {a:?} and {rest:?}"
+                ));
+            }
         }
         Ok(())
     }

@@ -10,8 +10,10 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use flotilla_engine::raft::{Config, Entry, Message, MessageType, Role};
-use rand::seq::IndexedRandom;
+use flotilla_engine::raft::{
+    ConfChange, Config, Entry, EntryType, Membership, Message, MessageType, Role,
+};
+use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -46,6 +48,8 @@ enum Event {
     Heal,
     /// A replica compacts its log (log-compaction seeds only).
     Compact,
+    /// The leader proposes a membership change (membership seeds only).
+    Membership,
     /// A client's timer; only its latest one counts.
     Client {
         client: usize,
@@ -98,7 +102,13 @@ pub struct World {
     queue: BTreeMap<(Micros, u64), Event>,
     /// Every replica, voters then learners.
     ids: Vec<u64>,
+    /// The initial voters (the configuration may change).
     voters: Vec<u64>,
+    /// This seed proposes membership changes.
+    membership_changes: bool,
+    /// A membership change took effect somewhere: the per-step durable-quorum check (which
+    /// assumes the initial voters) gives way to the check at each leader's commit.
+    conf_changed: bool,
     nodes: BTreeMap<u64, SimNode>,
     net: Network,
     checker: Checker,
@@ -152,7 +162,16 @@ impl World {
         } else {
             Vec::new()
         };
-        let ids: Vec<u64> = voters.iter().chain(&learners).copied().collect();
+        // Spare processes, members of nothing until a membership change adds them.
+        let first_spare = size + 1 + learners.len() as u64;
+        let spares: Vec<u64> = (first_spare..first_spare + 2).collect();
+        let ids: Vec<u64> = voters
+            .iter()
+            .chain(&learners)
+            .chain(&spares)
+            .copied()
+            .collect();
+        let membership_changes = rng.random_bool(0.5);
         let lease_reads = rng.random_bool(0.5);
         let pre_vote = rng.random_bool(0.8);
         let base = Config {
@@ -205,6 +224,8 @@ impl World {
             queue: BTreeMap::new(),
             checker: Checker::new(voters.len()),
             voters,
+            membership_changes,
+            conf_changed: false,
             ids,
             nodes,
             net,
@@ -242,6 +263,10 @@ impl World {
         if w.rng.random_bool(0.5) {
             let first = w.rng.random_range(10..40) * TICK_US;
             w.schedule(first, Event::Compact);
+        }
+        if w.membership_changes {
+            let first = w.rng.random_range(15..50) * TICK_US;
+            w.schedule(first, Event::Membership);
         }
         w
     }
@@ -281,8 +306,11 @@ impl World {
             self.now = at;
             self.events += 1;
             self.handle(event)?;
-            self.checker
-                .check_durable_quorum(self.voters.iter().map(|id| &self.nodes[id].durable_log))?;
+            if !self.conf_changed {
+                self.checker.check_durable_quorum(
+                    self.voters.iter().map(|id| &self.nodes[id].durable_log),
+                )?;
+            }
             self.observe_leaders()?;
             if self.calm && self.converged() {
                 break;
@@ -310,8 +338,23 @@ impl World {
                 Some(r) => {
                     let s = r.status();
                     format!(
-                        "{}:{:?}/t{}/c{}/a{}/last{}",
-                        n.id, s.role, s.term, s.committed, n.applied, s.last_index
+                        "{}:{:?}/t{}/c{}/a{}/last{}{}{}",
+                        n.id,
+                        s.role,
+                        s.term,
+                        s.committed,
+                        n.applied,
+                        s.last_index,
+                        if n.unsynced.is_some() {
+                            "/unsynced"
+                        } else {
+                            ""
+                        },
+                        if self.paused.contains_key(&n.id) {
+                            "/paused"
+                        } else {
+                            ""
+                        },
                     )
                 }
                 None => format!("{}:down", n.id),
@@ -323,9 +366,19 @@ impl World {
     /// Calm phase done: one leader, every replica applied everything it committed, every
     /// client idle after at least one write committed in the calm phase.
     fn converged(&self) -> bool {
+        let Some(leader) = self.leader() else {
+            return false;
+        };
+        let Some(cs) = self.node(leader).raw.as_ref().map(|r| r.conf_state()) else {
+            return false;
+        };
+        if !cs.voters_outgoing.is_empty() {
+            return false;
+        }
+        let members: Vec<u64> = cs.voters.iter().chain(&cs.learners).copied().collect();
         let mut leaders = 0;
         let mut commit = None;
-        for n in self.nodes.values() {
+        for n in self.nodes.values().filter(|n| members.contains(&n.id)) {
             let Some(raw) = &n.raw else { return false };
             let s = raw.status();
             if s.role == Role::Leader {
@@ -440,6 +493,13 @@ impl World {
                     for e in backlog {
                         self.handle(e)?;
                     }
+                }
+            }
+            Event::Membership => {
+                if !self.calm {
+                    self.change_membership()?;
+                    let next = self.rng.random_range(10..50) * TICK_US;
+                    self.schedule(next, Event::Membership);
                 }
             }
             Event::Compact => {
@@ -649,8 +709,19 @@ impl World {
             None
         };
         self.node_mut(id).crash(torn);
-        // A crash ends a stall; what it had queued is lost with the process.
-        self.paused.remove(&id);
+        // A crash ends a stall; what it had queued is lost with the process, and the senders
+        // of snapshots among it see their streams fail.
+        if let Some((_, backlog)) = self.paused.remove(&id) {
+            for e in backlog {
+                if let Event::Deliver(m) = e {
+                    if m.msg_type == MessageType::Snapshot as i32 {
+                        if let Some(raw) = self.node_mut(m.from).raw.as_mut() {
+                            raw.report_snapshot(m.to, false);
+                        }
+                    }
+                }
+            }
+        }
         self.say(|| format!("node {id} crashes (torn write keeps {torn:?} entries)"));
         // Its clients' operations have unknown outcomes now.
         for c in 0..self.clients.len() {
@@ -713,6 +784,66 @@ impl World {
         self.drive(from)
     }
 
+    /// The leader proposes a random membership change: add or remove a learner, promote or
+    /// demote, grow, shrink (never below three voters), replace a voter (the leader too)
+    /// through joint consensus, or shrink five voters to three in one joint step.
+    fn change_membership(&mut self) -> Check {
+        use flotilla_engine::raft::{add_learner, add_voter, remove, ConfChange};
+        let Some(leader) = self.leader() else {
+            return Ok(());
+        };
+        let Some(cs) = self.node(leader).raw.as_ref().map(|r| r.conf_state()) else {
+            return Ok(());
+        };
+        if !cs.voters_outgoing.is_empty() {
+            return Ok(());
+        }
+        let voters = cs.voters.clone();
+        let learners = cs.learners.clone();
+        let outsiders: Vec<u64> = self
+            .ids
+            .iter()
+            .copied()
+            .filter(|id| !voters.contains(id) && !learners.contains(id))
+            .collect();
+        let pick = |rng: &mut ChaCha8Rng, v: &[u64]| v.choose(rng).copied();
+        let changes = match self.rng.random_range(0..8) {
+            0 => pick(&mut self.rng, &outsiders).map(|x| vec![add_learner(x)]),
+            1 => pick(&mut self.rng, &learners).map(|x| vec![add_voter(x)]),
+            2 => pick(&mut self.rng, &outsiders).map(|x| vec![add_voter(x)]),
+            3 if voters.len() > 3 => pick(&mut self.rng, &voters).map(|x| vec![remove(x)]),
+            4 if voters.len() > 3 => pick(&mut self.rng, &voters).map(|x| vec![add_learner(x)]),
+            5 => {
+                let out = if self.rng.random_bool(0.5) {
+                    Some(leader)
+                } else {
+                    pick(&mut self.rng, &voters)
+                };
+                let pool: Vec<u64> = outsiders.iter().chain(&learners).copied().collect();
+                match (out, pick(&mut self.rng, &pool)) {
+                    (Some(o), Some(n)) => Some(vec![add_voter(n), remove(o)]),
+                    _ => None,
+                }
+            }
+            6 => pick(&mut self.rng, &learners).map(|x| vec![remove(x)]),
+            _ if voters.len() == 5 => {
+                let mut gone = voters.clone();
+                gone.shuffle(&mut self.rng);
+                Some(gone[..2].iter().map(|&x| remove(x)).collect())
+            }
+            _ => None,
+        };
+        let Some(changes) = changes else {
+            return Ok(());
+        };
+        let cc = ConfChange { changes };
+        if let Some(raw) = self.node_mut(leader).raw.as_mut() {
+            let outcome = raw.propose_conf_change(&cc);
+            self.say(|| format!("leader {leader} proposes {cc:?}: {outcome:?}"));
+        }
+        self.drive(leader)
+    }
+
     /// Compacts a replica's log up to what it applied, keeping its state as the snapshot.
     fn compact(&mut self, id: u64) {
         let node = self.node_mut(id);
@@ -745,6 +876,8 @@ impl World {
         if node.unsynced.is_some() || !raw.has_ready() {
             return Ok(());
         }
+        let conf_before = raw.conf_state();
+        let mut commit_to_check = None;
         let mut rd = raw.ready().map_err(|e| format!("node {id} ready: {e}"))?;
         let status = raw.status();
         let install = match rd.snapshot.take() {
@@ -792,12 +925,58 @@ impl World {
             if led_before && status.role == Role::Leader && hs.commit > node.reported_commit {
                 self.checker.on_leader_commit(id, hs.term, hs.commit, log)?;
             }
+            let leader_commit =
+                led_before && status.role == Role::Leader && hs.commit > node.reported_commit;
             node.reported_commit = node.reported_commit.max(hs.commit);
             self.checker.on_commit(id, hs.term, hs.commit, log)?;
+            if leader_commit {
+                commit_to_check = Some(hs.commit);
+            }
         }
         if rd.soft_state.is_some_and(|s| s.role == Role::Leader) {
             self.checker.on_leader(id, status.term, log)?;
             self.say(|| format!("node {id} leads term {}", status.term));
+        }
+        if let Some(commit) = commit_to_check {
+            // No committed entry lost, under any membership: what this leader just committed
+            // is durable on a quorum of the configuration it counted in.
+            let durable = |voter: &u64| self.nodes.get(voter).map(|n| &n.durable_log);
+            self.checker
+                .check_commit_quorum(id, commit, &conf_before, durable)?;
+        }
+        if let Some(cs) = &rd.conf_state {
+            self.conf_changed = true;
+            // Replay each change of this Ready: every step must keep quorums intersecting, and
+            // the replica must end where the replay does.
+            let mut conf = conf_before.clone();
+            for e in rd
+                .committed_entries
+                .iter()
+                .filter(|e| e.entry_type == EntryType::ConfChange as i32)
+            {
+                let Ok(cc) = <ConfChange as prost::Message>::decode(e.data.as_ref()) else {
+                    return Err(format!(
+                        "node {id}: undecodable membership change at {}",
+                        e.index
+                    ));
+                };
+                if let Ok(next) = Membership::from_conf_state(&conf).apply(&cc) {
+                    let next = next.to_conf_state();
+                    self.checker.on_conf_change(id, &conf, &next)?;
+                    conf = next;
+                }
+            }
+            if &conf != cs {
+                return Err(format!(
+                    "node {id} reports membership {cs:?}, the log says {conf:?}"
+                ));
+            }
+            self.say(|| {
+                format!(
+                    "node {id} membership now {:?} (outgoing {:?}, learners {:?})",
+                    cs.voters, cs.voters_outgoing, cs.learners
+                )
+            });
         }
         let messages = std::mem::take(&mut rd.messages);
         let persisted_messages = std::mem::take(&mut rd.persisted_messages);
@@ -965,8 +1144,19 @@ impl World {
         if p.proposal.is_some() {
             self.history.push(p.op);
         }
-        self.clients[c].target = *self.ids.choose(&mut self.rng).expect("non-empty");
+        self.clients[c].target = self.random_member();
         self.wake_client(c, TICK_US);
+    }
+
+    /// Where a client tries next after a failure: a member of the group as the latest leader
+    /// sees it (a router refreshing its cache from placement), or any node when there is none.
+    fn random_member(&mut self) -> u64 {
+        let members: Vec<u64> = self
+            .leader()
+            .and_then(|l| self.node(l).raw.as_ref().map(|r| r.conf_state()))
+            .map(|cs| cs.voters.iter().chain(&cs.learners).copied().collect())
+            .unwrap_or_else(|| self.ids.clone());
+        *members.choose(&mut self.rng).expect("a group has members")
     }
 
     fn wake_client(&mut self, c: usize, delay: Micros) {
@@ -1067,8 +1257,7 @@ impl World {
     /// The node refused the request: definitely not applied, not part of the history.
     fn reject(&mut self, c: usize, leader_hint: Option<u64>) {
         self.clients[c].pending = None;
-        self.clients[c].target =
-            leader_hint.unwrap_or_else(|| *self.ids.choose(&mut self.rng).expect("non-empty"));
+        self.clients[c].target = leader_hint.unwrap_or_else(|| self.random_member());
         self.wake_client(c, TICK_US / 2);
     }
 
