@@ -1,24 +1,21 @@
-//! `Raft`: one replica's protocol state and its transitions (roles, terms, timers, proposals).
-//! Message handling lives in `step.rs`; this file owns the state and everything a tick or a
-//! local call does.
+//! `Raft`: one replica's protocol state and its transitions (roles, terms, timers, proposals,
+//! replication). Message handling lives in `step.rs`, reads in `read_only.rs`, membership
+//! changes and snapshots in `reconfig.rs`; this file owns the state and the rest.
 //!
 //! Pure: time is `tick()`, randomness a seeded generator, the log is read through `LogStore`,
 //! and every effect (messages, entries to persist) is queued for `RawNode::ready`.
 
 use bytes::Bytes;
-use flotilla_transport::raft::{
-    ConfChange, ConfState, Entry, EntryType, HardState, Message, MessageType,
-};
-use prost::Message as _;
-use tracing::{debug, warn};
+use flotilla_transport::raft::{Entry, EntryType, HardState, Message, MessageType};
+use tracing::debug;
 
 use super::config::Config;
-use super::error::{ConfChangeError, ProposeError, ReadError, StorageError, TransferError};
+use super::error::{ProposeError, StorageError, TransferError};
 use super::log::RaftLog;
 use super::membership::Membership;
 use super::progress::ProgressState;
 use super::quorum::VoteResult;
-use super::read_only::{PendingRead, ReadQueue, ReadState};
+use super::read_only::{ReadQueue, ReadState};
 use super::rng::SplitMix64;
 use super::storage::{entry_size, LogStore};
 use super::tracker::ProgressTracker;
@@ -469,48 +466,6 @@ impl<S: LogStore> Raft<S> {
         Ok(true)
     }
 
-    /// The entries `to` needs were compacted: send the latest snapshot's metadata (the data goes
-    /// out of band) and wait for it to be installed or reported.
-    fn send_snapshot(&mut self, to: u64) -> Result<bool, StorageError> {
-        let snapshot = self.log.store.snapshot_metadata()?;
-        if snapshot.index == 0 {
-            return Ok(false);
-        }
-        debug!(
-            id = self.id,
-            to,
-            index = snapshot.index,
-            "follower behind the compacted log: sending a snapshot"
-        );
-        let Some(pr) = self.tracker.get_mut(to) else {
-            return Ok(false);
-        };
-        pr.become_snapshot(snapshot.index);
-        let mut m = self.new_message(to, MessageType::Snapshot);
-        m.snapshot = Some(snapshot);
-        self.msgs.push(m);
-        Ok(true)
-    }
-
-    /// The caller reports how sending the snapshot to `to` went. Either way the leader probes
-    /// again (after the snapshot if it got there); a failure simply retries later.
-    pub(crate) fn report_snapshot(&mut self, to: u64, success: bool) {
-        if self.role != Role::Leader {
-            return;
-        }
-        let Some(pr) = self.tracker.get_mut(to) else {
-            return;
-        };
-        if pr.state == ProgressState::Snapshot {
-            if !success {
-                pr.pending_snapshot = 0;
-            }
-            pr.become_probe();
-            // Wait for the next heartbeat answer before probing, as after any lost append.
-            pr.probe_sent = true;
-        }
-    }
-
     /// Sends every follower what it lacks, as much as its window allows.
     pub(crate) fn broadcast_append(&mut self, send_if_empty: bool) -> Result<(), StorageError> {
         for to in self.tracker.member_ids() {
@@ -610,233 +565,6 @@ impl<S: LogStore> Raft<S> {
         self.log.append(&entries)?;
         self.broadcast_append(false)?;
         Ok(Ok((self.term, last + 1)))
-    }
-
-    /// Proposes a membership change (thesis chapter 4); returns the entry's term and index.
-    ///
-    /// It is checked against the configuration in force, which is also the one it will apply
-    /// to: only one change is pending at a time.
-    pub(crate) fn propose_conf_change(
-        &mut self,
-        cc: &ConfChange,
-    ) -> Result<Result<(u64, u64), ConfChangeError>, StorageError> {
-        if self.role != Role::Leader {
-            return Ok(Err(ConfChangeError::NotLeader {
-                leader: (self.leader_id != NONE).then_some(self.leader_id),
-            }));
-        }
-        if let Some(to) = self.lead_transferee {
-            return Ok(Err(ConfChangeError::TransferInProgress { to }));
-        }
-        if self.pending_conf_index > self.log.applied {
-            return Ok(Err(ConfChangeError::Pending {
-                index: self.pending_conf_index,
-            }));
-        }
-        if let Err(e) = self.membership.apply(cc) {
-            return Ok(Err(e));
-        }
-        let index = self.append_conf_change(cc)?;
-        Ok(Ok((self.term, index)))
-    }
-
-    fn append_conf_change(&mut self, cc: &ConfChange) -> Result<u64, StorageError> {
-        let index = self.log.last_index()? + 1;
-        let entry = Entry {
-            term: self.term,
-            index,
-            entry_type: EntryType::ConfChange as i32,
-            data: Bytes::from(cc.encode_to_vec()),
-        };
-        self.uncommitted_size += entry_size(&entry);
-        self.log.append(&[entry])?;
-        self.pending_conf_index = index;
-        self.broadcast_append(false)?;
-        Ok(index)
-    }
-
-    /// A membership change entry was committed and is handed out for apply: it takes effect
-    /// now, on every replica alike. (The dissertation, 4.1, switches on append; like etcd we
-    /// switch on commit, which is as safe with one change pending at a time and joint
-    /// consensus for the rest, and never has to roll a configuration back on truncation.)
-    /// Returns the new configuration, or `None` if the entry is not a valid change of the
-    /// current one (only a broken leader writes such an entry; every replica skips it alike).
-    pub(crate) fn apply_conf_change(
-        &mut self,
-        entry: &Entry,
-    ) -> Result<Option<ConfState>, StorageError> {
-        let cc = match ConfChange::decode(entry.data.as_ref()) {
-            Ok(cc) => cc,
-            Err(e) => {
-                warn!(id = self.id, index = entry.index, error = %e, "undecodable membership change skipped");
-                return Ok(None);
-            }
-        };
-        let next = match self.membership.apply(&cc) {
-            Ok(m) => m,
-            Err(e) => {
-                warn!(id = self.id, index = entry.index, error = %e, "invalid membership change skipped");
-                return Ok(None);
-            }
-        };
-        let last = self.log.last_index()?;
-        self.membership = next;
-        self.tracker.set_membership(&self.membership, last + 1);
-        debug!(id = self.id, index = entry.index, membership = ?self.membership, "membership changed");
-        if self
-            .lead_transferee
-            .is_some_and(|to| !self.membership.is_voter(to))
-        {
-            self.lead_transferee = None;
-        }
-        if self.role == Role::Leader {
-            if !self.membership.is_voter(self.id) {
-                // Thesis 4.2.2: a leader that is no longer part of the configuration steps
-                // down once the change committed.
-                debug!(
-                    id = self.id,
-                    "removed from the configuration: stepping down"
-                );
-                self.become_follower(self.term, NONE);
-            } else if self.maybe_commit()? {
-                // A smaller quorum may already hold more.
-                self.broadcast_append(true)?;
-            }
-        }
-        Ok(Some(self.membership.to_conf_state()))
-    }
-
-    /// A leader leaves a joint configuration as soon as everything up to its last membership
-    /// entry is handed out for apply (thesis 4.3) — including a joint configuration it
-    /// inherited from its predecessor, once its own first entry is applied.
-    pub(crate) fn maybe_leave_joint(&mut self) -> Result<(), StorageError> {
-        if self.role == Role::Leader
-            && self.membership.is_joint()
-            && self.lead_transferee.is_none()
-            && self.log.applying >= self.pending_conf_index
-        {
-            debug!(id = self.id, "leaving the joint configuration");
-            self.append_conf_change(&ConfChange::default())?;
-        }
-        Ok(())
-    }
-
-    /// Starts a linearizable read (thesis 6.4). On a follower the request goes to the leader.
-    pub(crate) fn read_index(
-        &mut self,
-        context: Bytes,
-    ) -> Result<Result<(), ReadError>, StorageError> {
-        if self.role != Role::Leader {
-            if self.leader_id == NONE {
-                return Ok(Err(ReadError::NoLeader));
-            }
-            let mut m = self.new_message(self.leader_id, MessageType::ReadIndex);
-            m.context = context;
-            self.msgs.push(m);
-            return Ok(Ok(()));
-        }
-        self.leader_read(context, self.id)
-    }
-
-    /// The leader's side of a read from `from` (itself or a follower).
-    pub(crate) fn leader_read(
-        &mut self,
-        context: Bytes,
-        from: u64,
-    ) -> Result<Result<(), ReadError>, StorageError> {
-        if self.reads.len() >= self.config.max_pending_reads {
-            return Ok(Err(ReadError::TooManyPending {
-                limit: self.config.max_pending_reads,
-            }));
-        }
-        if !self.committed_in_term()? {
-            self.reads.waiting_commit.push((context, from));
-            return Ok(Ok(()));
-        }
-        let index = self.log.committed;
-        if self.lease_valid() {
-            self.respond_read(context, from, index);
-            return Ok(Ok(()));
-        }
-        // Every read that arrives before the next Ready shares one heartbeat round.
-        let round = self.reads.round + 1;
-        self.reads.pending.push_back(PendingRead {
-            context,
-            from,
-            index,
-            round,
-        });
-        self.reads.round_wanted = true;
-        Ok(Ok(()))
-    }
-
-    /// Opens the heartbeat round that reads queued since the last one wait for.
-    pub(crate) fn flush_read_round(&mut self) {
-        if self.reads.round_wanted && self.role == Role::Leader {
-            self.broadcast_heartbeat();
-        }
-        self.reads.round_wanted = false;
-    }
-
-    fn release_reads_waiting_commit(&mut self) -> Result<(), StorageError> {
-        for (context, from) in std::mem::take(&mut self.reads.waiting_commit) {
-            // The queue had room when they were accepted.
-            let _ = self.leader_read(context, from)?;
-        }
-        Ok(())
-    }
-
-    pub(crate) fn respond_read(&mut self, context: Bytes, from: u64, index: u64) {
-        if from == self.id {
-            self.read_states.push(ReadState { index, context });
-        } else {
-            let mut m = self.new_message(from, MessageType::ReadIndexResponse);
-            m.index = index;
-            m.context = context;
-            self.msgs.push(m);
-        }
-    }
-
-    /// The leader lease (thesis 6.4.1) holds: a quorum acknowledged a heartbeat sent less than
-    /// `election_timeout - drift margin` ticks ago, and no TimeoutNow went out this term.
-    pub(crate) fn lease_valid(&self) -> bool {
-        self.config.lease_reads
-            && self.config.check_quorum
-            && self.role == Role::Leader
-            && !self.timeout_now_sent
-            && self.lead_transferee.is_none()
-            && self.tick_count < self.reads.lease_expiry_tick
-    }
-
-    /// Sends a heartbeat carrying a new read round to every member.
-    pub(crate) fn broadcast_heartbeat(&mut self) {
-        // Any round opened from now on confirms the reads queued so far.
-        self.reads.round_wanted = false;
-        let round = self.reads.open_round(self.tick_count);
-        let id = self.id;
-        if let Some(pr) = self.tracker.get_mut(id) {
-            pr.read_round_acked = round;
-        }
-        for to in self.tracker.member_ids() {
-            if to == id {
-                continue;
-            }
-            let matched = self.tracker.get(to).map_or(0, |p| p.matched);
-            let mut m = self.new_message(to, MessageType::Heartbeat);
-            // A follower may not hold entries past its match index yet.
-            m.commit = matched.min(self.log.committed);
-            m.read_round = round;
-            self.msgs.push(m);
-        }
-        self.confirm_reads();
-    }
-
-    /// Releases the reads (and extends the lease) for the latest round a quorum acknowledged.
-    pub(crate) fn confirm_reads(&mut self) {
-        let round = self.tracker.quorum_read_round();
-        for read in self.reads.confirm(round, self.config.lease_ticks()) {
-            self.respond_read(read.context, read.from, read.index);
-        }
     }
 
     pub(crate) fn transfer_leader(

@@ -32,6 +32,7 @@ mod progress;
 mod quorum;
 mod raw_node;
 mod read_only;
+mod reconfig;
 mod rng;
 mod step;
 mod storage;

@@ -11,6 +11,11 @@
 use std::collections::VecDeque;
 
 use bytes::Bytes;
+use flotilla_transport::raft::MessageType;
+
+use super::core::{Raft, Role, NONE};
+use super::error::{ReadError, StorageError};
+use super::storage::LogStore;
 
 /// A read the caller may serve once it has applied up to `index`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,6 +98,126 @@ impl ReadQueue {
             }
         }
         released
+    }
+}
+
+impl<S: LogStore> Raft<S> {
+    /// Starts a linearizable read (thesis 6.4). On a follower the request goes to the leader.
+    pub(crate) fn read_index(
+        &mut self,
+        context: Bytes,
+    ) -> Result<Result<(), ReadError>, StorageError> {
+        if self.role != Role::Leader {
+            if self.leader_id == NONE {
+                return Ok(Err(ReadError::NoLeader));
+            }
+            let mut m = self.new_message(self.leader_id, MessageType::ReadIndex);
+            m.context = context;
+            self.msgs.push(m);
+            return Ok(Ok(()));
+        }
+        self.leader_read(context, self.id)
+    }
+
+    /// The leader's side of a read from `from` (itself or a follower).
+    pub(crate) fn leader_read(
+        &mut self,
+        context: Bytes,
+        from: u64,
+    ) -> Result<Result<(), ReadError>, StorageError> {
+        if self.reads.len() >= self.config.max_pending_reads {
+            return Ok(Err(ReadError::TooManyPending {
+                limit: self.config.max_pending_reads,
+            }));
+        }
+        if !self.committed_in_term()? {
+            self.reads.waiting_commit.push((context, from));
+            return Ok(Ok(()));
+        }
+        let index = self.log.committed;
+        if self.lease_valid() {
+            self.respond_read(context, from, index);
+            return Ok(Ok(()));
+        }
+        // Every read that arrives before the next Ready shares one heartbeat round.
+        let round = self.reads.round + 1;
+        self.reads.pending.push_back(PendingRead {
+            context,
+            from,
+            index,
+            round,
+        });
+        self.reads.round_wanted = true;
+        Ok(Ok(()))
+    }
+
+    /// Opens the heartbeat round that reads queued since the last one wait for.
+    pub(crate) fn flush_read_round(&mut self) {
+        if self.reads.round_wanted && self.role == Role::Leader {
+            self.broadcast_heartbeat();
+        }
+        self.reads.round_wanted = false;
+    }
+
+    pub(crate) fn release_reads_waiting_commit(&mut self) -> Result<(), StorageError> {
+        for (context, from) in std::mem::take(&mut self.reads.waiting_commit) {
+            // The queue had room when they were accepted.
+            let _ = self.leader_read(context, from)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn respond_read(&mut self, context: Bytes, from: u64, index: u64) {
+        if from == self.id {
+            self.read_states.push(ReadState { index, context });
+        } else {
+            let mut m = self.new_message(from, MessageType::ReadIndexResponse);
+            m.index = index;
+            m.context = context;
+            self.msgs.push(m);
+        }
+    }
+
+    /// The leader lease (thesis 6.4.1) holds: a quorum acknowledged a heartbeat sent less than
+    /// `election_timeout - drift margin` ticks ago, and no TimeoutNow went out this term.
+    pub(crate) fn lease_valid(&self) -> bool {
+        self.config.lease_reads
+            && self.config.check_quorum
+            && self.role == Role::Leader
+            && !self.timeout_now_sent
+            && self.lead_transferee.is_none()
+            && self.tick_count < self.reads.lease_expiry_tick
+    }
+
+    /// Sends a heartbeat carrying a new read round to every member.
+    pub(crate) fn broadcast_heartbeat(&mut self) {
+        // Any round opened from now on confirms the reads queued so far.
+        self.reads.round_wanted = false;
+        let round = self.reads.open_round(self.tick_count);
+        let id = self.id;
+        if let Some(pr) = self.tracker.get_mut(id) {
+            pr.read_round_acked = round;
+        }
+        for to in self.tracker.member_ids() {
+            if to == id {
+                continue;
+            }
+            let matched = self.tracker.get(to).map_or(0, |p| p.matched);
+            let mut m = self.new_message(to, MessageType::Heartbeat);
+            // A follower may not hold entries past its match index yet.
+            m.commit = matched.min(self.log.committed);
+            m.read_round = round;
+            self.msgs.push(m);
+        }
+        self.confirm_reads();
+    }
+
+    /// Releases the reads (and extends the lease) for the latest round a quorum acknowledged.
+    pub(crate) fn confirm_reads(&mut self) {
+        let round = self.tracker.quorum_read_round();
+        for read in self.reads.confirm(round, self.config.lease_ticks()) {
+            self.respond_read(read.context, read.from, read.index);
+        }
     }
 }
 
