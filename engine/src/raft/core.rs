@@ -174,6 +174,11 @@ impl<S: LogStore> Raft<S> {
         Ok(())
     }
 
+    /// The leader this replica knows of, for a `NotLeader` answer.
+    pub(crate) fn leader_hint(&self) -> Option<u64> {
+        (self.leader_id != NONE).then_some(self.leader_id)
+    }
+
     /// Voters may campaign; learners and replicas removed from the group may not.
     pub(crate) fn promotable(&self) -> bool {
         self.tracker.is_voter(self.id)
@@ -533,7 +538,7 @@ impl<S: LogStore> Raft<S> {
     ) -> Result<Result<(u64, u64), ProposeError>, StorageError> {
         if self.role != Role::Leader {
             return Ok(Err(ProposeError::NotLeader {
-                leader: (self.leader_id != NONE).then_some(self.leader_id),
+                leader: self.leader_hint(),
             }));
         }
         if let Some(to) = self.lead_transferee {
@@ -573,7 +578,7 @@ impl<S: LogStore> Raft<S> {
     ) -> Result<Result<(), TransferError>, StorageError> {
         if self.role != Role::Leader {
             return Ok(Err(TransferError::NotLeader {
-                leader: (self.leader_id != NONE).then_some(self.leader_id),
+                leader: self.leader_hint(),
             }));
         }
         if !self.tracker.is_voter(to) {

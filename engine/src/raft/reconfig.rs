@@ -65,7 +65,7 @@ impl<S: LogStore> Raft<S> {
     ) -> Result<Result<(u64, u64), ConfChangeError>, StorageError> {
         if self.role != Role::Leader {
             return Ok(Err(ConfChangeError::NotLeader {
-                leader: (self.leader_id != NONE).then_some(self.leader_id),
+                leader: self.leader_hint(),
             }));
         }
         if let Some(to) = self.lead_transferee {

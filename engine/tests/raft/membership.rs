@@ -85,6 +85,16 @@ fn replace_a_voter_through_joint_consensus() {
     assert_eq!(c.applied_data(4), vec!["after"]);
 }
 
+/// Voters 1-3 led by 1, and processes 4 and 5 that no configuration names yet.
+fn three_voters_two_spares() -> Cluster {
+    let mut c = Cluster::new(3, &|_| {});
+    for id in [4, 5] {
+        c.add_blank(id, &[1, 2, 3], &|_| {});
+    }
+    c.campaign(1);
+    c
+}
+
 /// Thesis 4.3: while the joint configuration is in force, a decision needs a majority of the old
 /// voters and of the new ones. (The entry that enters it commits under the old configuration:
 /// a change takes effect when committed, like etcd's, see `Raft::apply_conf_change`.)
@@ -92,11 +102,7 @@ fn replace_a_voter_through_joint_consensus() {
 fn joint_configuration_needs_both_majorities() {
     let joint_change = change(vec![add_voter(4), add_voter(5), remove(2), remove(3)]);
     // Only the new voters reachable: the old configuration cannot commit the change.
-    let mut c = Cluster::new(3, &|_| {});
-    for id in [4, 5] {
-        c.add_blank(id, &[1, 2, 3], &|_| {});
-    }
-    c.campaign(1);
+    let mut c = three_voters_two_spares();
     c.isolate(2);
     c.isolate(3);
     let (_, index) = c
@@ -113,11 +119,7 @@ fn joint_configuration_needs_both_majorities() {
 
     // Only the old voters reachable: the change commits and the group is joint, but nothing
     // after it commits (leaving included) without a majority of the new voters.
-    let mut c = Cluster::new(3, &|_| {});
-    for id in [4, 5] {
-        c.add_blank(id, &[1, 2, 3], &|_| {});
-    }
-    c.campaign(1);
+    let mut c = three_voters_two_spares();
     c.isolate(4);
     c.isolate(5);
     let (_, index) = c
