@@ -179,9 +179,40 @@ impl<S: LogStore> Raft<S> {
         (self.leader_id != NONE).then_some(self.leader_id)
     }
 
-    /// Voters may campaign; learners and replicas removed from the group may not.
+    /// Voters may campaign; learners and replicas removed from the group may not, nor a
+    /// replica with a snapshot still to install.
     pub(crate) fn promotable(&self) -> bool {
-        self.tracker.is_voter(self.id)
+        self.tracker.is_voter(self.id) && !self.log.has_pending_snapshot()
+    }
+
+    /// A committed membership change not yet handed out for apply: until it is, this replica
+    /// counts votes in an outdated configuration and must not campaign (etcd's
+    /// hasUnappliedConfChanges; a TLA+ counterexample shows two leaders otherwise).
+    fn has_unapplied_conf_changes(&self) -> Result<bool, StorageError> {
+        let (low, high) = (self.log.applying + 1, self.log.committed + 1);
+        if low >= high {
+            return Ok(false);
+        }
+        let mut next = low;
+        while next < high {
+            let batch = match self.log.entries(next, high, 1024 * 1024) {
+                Ok(b) => b,
+                // Unknown: stay on the safe side.
+                Err(StorageError::Compacted | StorageError::Unavailable) => return Ok(true),
+                Err(e) => return Err(e),
+            };
+            let Some(last) = batch.last() else {
+                return Ok(false);
+            };
+            if batch
+                .iter()
+                .any(|e| e.entry_type == EntryType::ConfChange as i32)
+            {
+                return Ok(true);
+            }
+            next = last.index + 1;
+        }
+        Ok(false)
     }
 
     fn reset_election_timer(&mut self) {
@@ -362,6 +393,13 @@ impl<S: LogStore> Raft<S> {
                 id = self.id,
                 term = self.term,
                 "terms exhausted: not campaigning"
+            );
+            return Ok(());
+        }
+        if self.has_unapplied_conf_changes()? {
+            debug!(
+                id = self.id,
+                "committed membership changes not applied yet: not campaigning"
             );
             return Ok(());
         }

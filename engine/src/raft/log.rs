@@ -48,7 +48,9 @@ impl<S: LogStore> RaftLog<S> {
         // A restart may find the commit index behind the snapshot (the snapshot was installed
         // after the last hard state write); the snapshot itself is committed.
         let snapshot_index = first.saturating_sub(1);
-        let committed = committed.max(snapshot_index);
+        // What the caller applied was committed, even if the commit index it last wrote (not
+        // synced on its own) is older: never hand those entries out twice.
+        let committed = committed.max(snapshot_index).max(applied.min(last));
         let applied = applied.max(snapshot_index).min(committed);
         Ok(Self {
             store,
@@ -97,6 +99,10 @@ impl<S: LogStore> RaftLog<S> {
         let s = self.snapshot.clone()?;
         self.snapshot_in_progress = true;
         Some(s)
+    }
+
+    pub fn has_pending_snapshot(&self) -> bool {
+        self.snapshot.is_some()
     }
 
     pub fn has_snapshot_to_install(&self) -> bool {

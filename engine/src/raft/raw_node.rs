@@ -333,7 +333,8 @@ impl<S: LogStore> RawNode<S> {
         let r = self.raft.campaign(kind);
         self.debug_validate();
         self.latch(r)?;
-        Ok(true)
+        // The core may still decline (not a voter, unapplied membership changes, ...).
+        Ok(self.raft.role != Role::Follower)
     }
 
     fn soft_state(&self) -> SoftState {
@@ -356,6 +357,7 @@ impl<S: LogStore> RawNode<S> {
             || !r.msgs.is_empty()
             || !r.read_states.is_empty()
             || r.reads.round_wanted
+            || r.wants_to_leave_joint()
             || r.log.has_next_committed_entries()
     }
 
@@ -370,6 +372,9 @@ impl<S: LogStore> RawNode<S> {
             "ready() before advance() of the previous one"
         );
         self.raft.flush_read_round();
+        // A joint configuration whose leave was held back (a transfer, say) is left now.
+        let r = self.raft.maybe_leave_joint();
+        self.latch(r)?;
         let mut rd = Ready::default();
         let soft = self.soft_state();
         if soft != self.prev_soft_state {

@@ -13,6 +13,16 @@ use super::progress::ProgressState;
 use super::storage::{entry_size, LogStore};
 
 impl<S: LogStore> Raft<S> {
+    /// Whether this leader should propose leaving its joint configuration now. (Proposals of
+    /// changes check `applied`; this checks `applying`: the leave entry may be appended as soon
+    /// as the entering one is handed out, which is when it took effect.)
+    pub(crate) fn wants_to_leave_joint(&self) -> bool {
+        self.role == Role::Leader
+            && self.membership.is_joint()
+            && self.lead_transferee.is_none()
+            && self.log.applying >= self.pending_conf_index
+    }
+
     /// The entries `to` needs were compacted: send the latest snapshot's metadata (the data goes
     /// out of band) and wait for it to be installed or reported.
     pub(crate) fn send_snapshot(&mut self, to: u64) -> Result<bool, StorageError> {
@@ -153,11 +163,7 @@ impl<S: LogStore> Raft<S> {
     /// entry is handed out for apply (thesis 4.3) — including a joint configuration it
     /// inherited from its predecessor, once its own first entry is applied.
     pub(crate) fn maybe_leave_joint(&mut self) -> Result<(), StorageError> {
-        if self.role == Role::Leader
-            && self.membership.is_joint()
-            && self.lead_transferee.is_none()
-            && self.log.applying >= self.pending_conf_index
-        {
+        if self.wants_to_leave_joint() {
             debug!(id = self.id, "leaving the joint configuration");
             self.append_conf_change(&ConfChange::default())?;
         }

@@ -312,7 +312,10 @@ impl<S: LogStore> Raft<S> {
         let Some(conf_state) = snapshot.conf_state.clone() else {
             return invalid("snapshot without a configuration");
         };
-        if snapshot.term > m.term || snapshot.index == 0 {
+        if conf_state.voters.is_empty() {
+            return invalid("snapshot whose configuration has no voter");
+        }
+        if snapshot.term > m.term || snapshot.index == 0 || snapshot.index >= MAX_TERM {
             return invalid(format!(
                 "snapshot at index {} term {} from a leader of term {}",
                 snapshot.index, snapshot.term, m.term

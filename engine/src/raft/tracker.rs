@@ -42,9 +42,12 @@ impl ProgressTracker {
         let members: BTreeSet<u64> = self.config.ids().union(&self.learners).copied().collect();
         self.progress.retain(|id, _| members.contains(id));
         for id in members {
-            self.progress
-                .entry(id)
-                .or_insert_with(|| Progress::new(next, self.max_inflight));
+            // New members count as active until the next check-quorum round has heard them.
+            self.progress.entry(id).or_insert_with(|| {
+                let mut pr = Progress::new(next, self.max_inflight);
+                pr.recent_active = true;
+                pr
+            });
         }
         self.votes.retain(|id, _| self.config.contains(*id));
     }

@@ -272,3 +272,35 @@ fn new_leader_leaves_an_inherited_joint_configuration() {
         "the new leader left the joint configuration"
     );
 }
+
+/// A replica that holds a committed membership change it has not applied yet counts votes in
+/// an outdated configuration, so it does not campaign until it has (etcd's
+/// hasUnappliedConfChanges; without it a TLA+ model finds two leaders in one term).
+#[test]
+fn no_campaign_with_unapplied_membership_changes() {
+    use flotilla_engine::raft::{Entry, EntryType, MessageType as T};
+    use prost::Message as _;
+    // No check-quorum: the leader's lease must not be what stops the campaign here.
+    let mut n = new_node(2, &[1, 2, 3], &[], &|c| {
+        c.pre_vote = false;
+        c.check_quorum = false;
+    });
+    let cc = change(vec![add_voter(4)]);
+    let mut m = msg(T::Append, 1, 2, 1);
+    m.entries = vec![Entry {
+        index: 1,
+        term: 1,
+        entry_type: EntryType::ConfChange as i32,
+        data: Bytes::from(cc.encode_to_vec()),
+    }];
+    m.commit = 1;
+    n.step(m).expect("append");
+    assert!(
+        !n.campaign().expect("no error"),
+        "campaigned with a committed, unapplied change"
+    );
+    drive(&mut n);
+    drive(&mut n);
+    assert_eq!(voters(&n.conf_state()), vec![1, 2, 3, 4]);
+    assert!(n.campaign().expect("no error"), "applied now: may campaign");
+}

@@ -192,3 +192,55 @@ fn bad_compactions_are_refused() {
         Err(CompactError::NoConfiguration)
     );
 }
+
+/// Snapshot metadata from a peer is checked like any message: an index at the end of the
+/// number space or a configuration without voters is refused, not installed.
+#[test]
+fn malformed_snapshots_are_refused() {
+    use flotilla_engine::raft::{ConfState, Error};
+    for (what, index, voters) in [
+        ("index overflow", u64::MAX, vec![1, 2, 3]),
+        ("no voter", 9, vec![]),
+    ] {
+        let mut n = new_node(2, &[1, 2, 3], &[], &|_| {});
+        let mut s = msg(T::Snapshot, 1, 2, 1);
+        s.snapshot = Some(SnapshotMetadata {
+            index,
+            term: 1,
+            conf_state: Some(ConfState {
+                voters,
+                ..ConfState::default()
+            }),
+        });
+        assert!(matches!(n.step(s), Err(Error::InvalidMessage(_))), "{what}");
+        assert_eq!(n.status().committed, 0, "{what}");
+    }
+}
+
+/// On restart, entries the caller already applied count as committed even if the commit index
+/// it last wrote is older (commit-only writes are not synced): they are not handed out twice.
+#[test]
+fn restart_never_hands_applied_entries_out_again() {
+    use flotilla_engine::raft::{Config, HardState, MemStorage, RawNode};
+    let mut store = MemStorage::new_with_conf(&[1, 2, 3], &[]);
+    store
+        .append(&[entry(1, 1), entry(2, 1), entry(3, 1)])
+        .expect("fresh log");
+    store.set_hard_state(HardState {
+        term: 1,
+        vote: 0,
+        commit: 1,
+    });
+    let config = Config {
+        applied: 3,
+        ..config(2)
+    };
+    let mut n = RawNode::new(config, store).expect("restart");
+    let s = n.status();
+    assert_eq!((s.committed, s.applied), (3, 3));
+    let (_, committed, _) = drive(&mut n);
+    assert!(
+        committed.is_empty(),
+        "applied entries handed out again: {committed:?}"
+    );
+}
