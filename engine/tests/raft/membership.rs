@@ -63,13 +63,11 @@ fn add_a_learner_then_promote_it() {
 /// joint configuration, where both majorities must agree, and the leader leaves it on its own.
 #[test]
 fn replace_a_voter_through_joint_consensus() {
-    let mut c = Cluster::new(3, &|_| {});
-    c.add_blank(4, &[1, 2, 3], &|_| {});
-    c.campaign(1);
+    let mut c = three_voters_two_spares();
     c.node(1)
         .propose_conf_change(&change(vec![add_voter(4), remove(3)]))
         .expect("replace 3 by 4");
-    // Deliver only the entering step: it is committed by both majorities.
+    // The entering entry commits, takes effect, and the leader's leave entry follows.
     c.settle();
     for id in [1, 2, 4] {
         let cs = c.node(id).conf_state();
@@ -240,9 +238,7 @@ fn new_leader_waits_for_a_predecessors_change() {
 /// leaves it itself once its own first entry is applied.
 #[test]
 fn new_leader_leaves_an_inherited_joint_configuration() {
-    let mut c = Cluster::new(3, &|_| {});
-    c.add_blank(4, &[1, 2, 3], &|_| {});
-    c.campaign(1);
+    let mut c = three_voters_two_spares();
     c.node(1)
         .propose_conf_change(&change(vec![add_voter(4), remove(3)]))
         .expect("replace 3 by 4");
