@@ -19,6 +19,32 @@
 //! Membership changes (joint consensus) and log compaction with snapshots arrive with their
 //! issue; the quorum code (`quorum.rs`) already counts joint configurations.
 //!
+//! A group of one, driven by hand (a real driver batches many groups per round):
+//!
+//! ```
+//! use bytes::Bytes;
+//! use flotilla_engine::raft::{Config, MemStorage, RawNode, Role};
+//!
+//! let mut node = RawNode::new(Config::new(1), MemStorage::new_with_conf(&[1], &[]))?;
+//! node.campaign()?;
+//! node.propose(Bytes::from_static(b"hello")).expect("a group of one leads at once");
+//! let mut applied = Vec::new();
+//! while node.has_ready() {
+//!     let mut ready = node.ready()?;
+//!     // Send `ready.messages` now; install `ready.snapshot`; persist entries and hard state:
+//!     if let Some(hs) = ready.hard_state {
+//!         node.store_mut().set_hard_state(hs);
+//!     }
+//!     node.store_mut().append(&ready.entries)?;
+//!     // ... then send `ready.persisted_messages`, and apply:
+//!     applied.extend(ready.committed_entries.drain(..).filter(|e| !e.data.is_empty()));
+//!     node.advance(ready)?;
+//! }
+//! assert_eq!(node.status().role, Role::Leader);
+//! assert_eq!(applied[0].data, Bytes::from_static(b"hello"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! Deliberate choice: terms and indexes are plain `u64`, as on the wire (`flotilla.raft`
 //! protobuf types are used directly, like raft-rs' eraftpb), to keep the hot paths free of
 //! conversions. Range, node and replica ids get newtypes where they meet the store.
