@@ -49,6 +49,8 @@ enum Event {
     Resume(u64),
     /// The chaos phase ends.
     Heal,
+    /// A crash at a chosen point, and the restart a few ticks later.
+    CrashRestart(u64),
     /// A replica compacts its log (log-compaction seeds only).
     Compact,
     /// The leader proposes a membership change (membership seeds only).
@@ -503,6 +505,13 @@ impl World {
                     self.change_membership()?;
                     let next = self.rng.random_range(10..50) * TICK_US;
                     self.schedule(next, Event::Membership);
+                }
+            }
+            Event::CrashRestart(id) => {
+                if !self.calm && self.node(id).is_up() {
+                    self.crash(id);
+                    let back = self.rng.random_range(2..20) * TICK_US;
+                    self.schedule(back, Event::Restart(id));
                 }
             }
             Event::Compact => {

@@ -206,6 +206,11 @@ impl World {
             return self.drive(from);
         };
         self.say(|| format!("snapshot {index} from {from} to {to} transferred"));
+        if !self.calm && self.rng.random_bool(0.2) {
+            // Crash the receiver in the middle of installing it.
+            let at = self.rng.random_range(0..TICK_US / 2);
+            self.schedule(at, Event::CrashRestart(to));
+        }
         let node = self.node_mut(to);
         node.fetched.insert(index, kv);
         if let Some(raw) = node.raw.as_mut() {
@@ -271,6 +276,12 @@ impl World {
         if let Some(raw) = self.node_mut(leader).raw.as_mut() {
             let outcome = raw.propose_conf_change(&cc);
             self.say(|| format!("leader {leader} proposes {cc:?}: {outcome:?}"));
+        }
+        if self.rng.random_bool(0.2) {
+            // Crash the leader in the middle of the change (before or after it commits, inside
+            // or on the way out of the joint configuration).
+            let at = self.rng.random_range(0..3 * TICK_US);
+            self.schedule(at, Event::CrashRestart(leader));
         }
         self.drive(leader)
     }
