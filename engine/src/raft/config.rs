@@ -20,6 +20,8 @@ pub struct Config {
     pub pre_vote: bool,
     /// The leader steps down when it has not heard from a quorum within an election timeout, and
     /// followers that heard from a leader within one refuse votes (Raft thesis 6.2, 9.6).
+    /// With neither this nor `pre_vote`, a replica removed from the group can depose leader
+    /// after leader by campaigning with higher terms (thesis 4.2.3): keep at least one on.
     pub check_quorum: bool,
     /// Serve linearizable reads from the leader lease without a heartbeat round (Raft thesis
     /// 6.4.1). Needs `check_quorum`.

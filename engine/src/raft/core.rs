@@ -138,6 +138,7 @@ impl<S: LogStore> Raft<S> {
 
     /// Checks the replica's state invariants (STYLE 7); debug builds run it after every call
     /// that steps the state.
+    #[cfg_attr(not(debug_assertions), allow(dead_code))]
     pub(crate) fn validate(&self) -> Result<(), String> {
         self.log.validate()?;
         let Ok(last) = self.log.last_index() else {

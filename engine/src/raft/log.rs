@@ -369,6 +369,7 @@ impl<S: LogStore> RaftLog<S> {
     }
 
     /// Checks the index invariants; debug builds call it after every step.
+    #[cfg_attr(not(debug_assertions), allow(dead_code))]
     pub fn validate(&self) -> Result<(), String> {
         // A failing store is reported by the call that read it, not as a broken invariant.
         let Ok(last) = self.last_index() else {

@@ -199,6 +199,10 @@ impl World {
             seed,
             ..Config::default()
         };
+        // A removed replica keeps campaigning with ever higher terms; only pre-vote or
+        // check-quorum (thesis 4.2.3) keep it from deposing leader after leader, so groups
+        // without both change no membership (the defaults have both).
+        let membership_changes = membership_changes && (base.pre_vote || base.check_quorum);
         let drift = rng.random_range(0.0..0.05);
         let mut nodes = BTreeMap::new();
         for &id in &ids {
