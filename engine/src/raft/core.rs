@@ -461,6 +461,7 @@ impl<S: LogStore> Raft<S> {
             return Ok(false);
         }
         let next = pr.next;
+        let probing = pr.state == ProgressState::Probe;
         let prev_index = next - 1;
         let last = self.log.last_index()?;
         let prev_term = match self.log.term(prev_index) {
@@ -482,10 +483,6 @@ impl<S: LogStore> Raft<S> {
         };
         // In probe state an empty append is the probe itself (a new member, say, whose
         // `next` starts past the leader's log): it must go out.
-        let probing = self
-            .tracker
-            .get(to)
-            .is_some_and(|p| p.state == ProgressState::Probe);
         if entries.is_empty() && !send_if_empty && !probing {
             return Ok(false);
         }
