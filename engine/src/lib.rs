@@ -1,5 +1,16 @@
-//! flotilla-engine: everything a Flotilla node does with its data. For now the Raft core;
-//! storage, the KV state machine and the store runtime arrive with their issues (DESIGN.md 1).
+//! flotilla-engine: everything a Flotilla node does with its data (DESIGN.md 1): the Raft core,
+//! storage on RocksDB, the key-value state machine. The store runtime arrives with its issue.
 #![forbid(unsafe_code)]
 
+pub mod kv;
 pub mod raft;
+pub mod storage;
+
+/// A failpoint on an I/O path: with the `fail` crate's `failpoints` feature (tests), an action
+/// set on `name` makes the operation fail with that message.
+pub(crate) fn fail_point_io(name: &str) -> Result<(), String> {
+    fail::fail_point!(name, |arg: Option<String>| Err(
+        arg.unwrap_or_else(|| format!("failpoint {name}"))
+    ));
+    Ok(())
+}

@@ -24,6 +24,16 @@ pub mod raft {
     include!(concat!(env!("OUT_DIR"), "/flotilla.raft.rs"));
 }
 
+/// Range descriptors, apply state, client sessions, node identity and snapshot framing.
+pub mod meta {
+    include!(concat!(env!("OUT_DIR"), "/flotilla.meta.rs"));
+}
+
+/// Key-value commands, reads, their responses and errors, and the Raft entry payload.
+pub mod kv {
+    include!(concat!(env!("OUT_DIR"), "/flotilla.kv.rs"));
+}
+
 #[cfg(test)]
 mod tests {
     use prost::Message as _;

@@ -73,7 +73,7 @@ pub use self::error::{
 pub use self::membership::{add_learner, add_voter, remove, Membership};
 pub use self::raw_node::{RawNode, Ready, SoftState, Status};
 pub use self::read_only::ReadState;
-pub use self::storage::{entry_size, InitialState, LogStore, MemStorage};
+pub use self::storage::{entry_size, limit_size, InitialState, LogStore, MemStorage};
 pub use flotilla_transport::raft::{
     ConfChange, ConfChangeSingle, ConfChangeType, ConfState, Entry, EntryType, HardState, Message,
     MessageType, SnapshotMetadata,

@@ -1,0 +1,42 @@
+//! Limits and session settings of the state machine. Every replica of a range must run with the
+//! same values: they decide what apply does.
+
+/// Settings of the key-value state machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvConfig {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    /// Operations in one Txn branch, and compares.
+    pub max_txn_ops: usize,
+    /// A session not used for this long expires (by the state machine's clock).
+    pub session_ttl_ms: u64,
+    /// How far a client's clock may run ahead of the leaders' (see `session.rs`).
+    pub max_clock_skew_ms: u64,
+    /// Sessions are swept at every entry whose index is a multiple of this.
+    pub session_sweep_interval: u64,
+    /// Responses kept per session for retries.
+    pub max_cached_responses: usize,
+    /// Scan defaults and caps.
+    pub scan_default_limit: u32,
+    pub scan_max_limit: u32,
+    pub scan_default_bytes: u64,
+    pub scan_max_bytes: u64,
+}
+
+impl Default for KvConfig {
+    fn default() -> Self {
+        Self {
+            max_key_bytes: 8 << 10,
+            max_value_bytes: 8 << 20,
+            max_txn_ops: 128,
+            session_ttl_ms: 3_600_000,
+            max_clock_skew_ms: 60_000,
+            session_sweep_interval: 4096,
+            max_cached_responses: 256,
+            scan_default_limit: 1000,
+            scan_max_limit: 10_000,
+            scan_default_bytes: 4 << 20,
+            scan_max_bytes: 64 << 20,
+        }
+    }
+}

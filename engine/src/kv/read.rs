@@ -1,0 +1,127 @@
+//! Reads of a range's applied state: `Get` and `Scan`. The store serves them once the range has
+//! applied up to the read's index (ReadIndex or lease); they read RocksDB's latest state and are
+//! confined to the range's span.
+
+use flotilla_transport::kv::{GetResponse, KeyValue, ScanRequest, ScanResponse, StoredValue};
+use flotilla_transport::meta::RangeDescriptor;
+
+use super::config::KvConfig;
+use super::error::KvError;
+use super::validate::{check_key, internal_span};
+use crate::storage::{decode, keys, Cf, Engine, EngineError};
+
+/// Why a read failed: refused (the client can act on it) or the disk failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Refused(#[from] KvError),
+    #[error(transparent)]
+    Storage(#[from] EngineError),
+}
+
+fn decode_value(range_id: u64, bytes: &[u8]) -> Result<StoredValue, EngineError> {
+    decode(bytes).map_err(|e| EngineError::corruption(range_id, "value", e))
+}
+
+/// The value of `key` in `descriptor`'s range.
+///
+/// # Errors
+/// [`ReadError::Refused`] for a key outside the range or too large, [`ReadError::Storage`].
+pub fn get(
+    engine: &Engine,
+    descriptor: &RangeDescriptor,
+    key: &[u8],
+    config: &KvConfig,
+) -> Result<GetResponse, ReadError> {
+    check_key(descriptor, key, config)?;
+    let kv = engine
+        .read_record::<StoredValue>(Cf::Data, &keys::data_key(key), descriptor.id, "value")?
+        .map(|v| KeyValue {
+            key: key.to_vec().into(),
+            value: v.value,
+            create_revision: v.create_revision,
+            mod_revision: v.mod_revision,
+            version: v.version,
+        });
+    Ok(GetResponse { kv })
+}
+
+/// Keys of `[start, end)` within `descriptor`'s range, in order, bounded by the request's (or
+/// the configured) key and byte limits; at least one key when any is in the span. When the
+/// scan stops early, or the requested span goes on past the range, `more` is set and
+/// `next_key` says where to continue (possibly in the next range).
+///
+/// # Errors
+/// [`ReadError::Refused`] when `start` is outside the range, [`ReadError::Storage`].
+pub fn scan(
+    engine: &Engine,
+    descriptor: &RangeDescriptor,
+    request: &ScanRequest,
+    config: &KvConfig,
+) -> Result<ScanResponse, ReadError> {
+    let (_, range_end) = keys::data_span(descriptor);
+    // A span reaching past the range is cut at the range's end, and the caller continues there.
+    let requested_end = if request.end.is_empty() {
+        keys::DATA_END.to_vec()
+    } else {
+        keys::data_key(&request.end)
+    };
+    let past_range = requested_end > range_end;
+    let end_user: &[u8] = if past_range { &[] } else { &request.end };
+    let (start, end) = internal_span(descriptor, &request.start, end_user, config)?;
+    let limit = match request.limit {
+        0 => config.scan_default_limit,
+        n => n.min(config.scan_max_limit),
+    } as usize;
+    let limit_bytes = match request.limit_bytes {
+        0 => config.scan_default_bytes,
+        n => n.min(config.scan_max_bytes),
+    };
+    let opts = engine.read_options_bounded(&end);
+    let iter = engine.db().iterator_cf_opt(
+        engine.cf(Cf::Data),
+        opts,
+        rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward),
+    );
+    let mut kvs = Vec::new();
+    let mut bytes = 0u64;
+    for item in iter {
+        let (ikey, value) = item.map_err(EngineError::from)?;
+        let Some(user) = keys::user_key(&ikey) else {
+            continue;
+        };
+        if kvs.len() >= limit || (bytes >= limit_bytes && !kvs.is_empty()) {
+            return Ok(ScanResponse {
+                kvs,
+                next_key: user.to_vec().into(),
+                more: true,
+            });
+        }
+        let v = decode_value(descriptor.id, &value)?;
+        bytes += (user.len() + if request.keys_only { 0 } else { v.value.len() }) as u64;
+        kvs.push(KeyValue {
+            key: user.to_vec().into(),
+            value: if request.keys_only {
+                Default::default()
+            } else {
+                v.value
+            },
+            create_revision: v.create_revision,
+            mod_revision: v.mod_revision,
+            version: v.version,
+        });
+    }
+    if past_range && !descriptor.end_key.is_empty() {
+        let next = keys::user_key(&descriptor.end_key).unwrap_or_default();
+        return Ok(ScanResponse {
+            kvs,
+            next_key: next.to_vec().into(),
+            more: true,
+        });
+    }
+    Ok(ScanResponse {
+        kvs,
+        next_key: Default::default(),
+        more: false,
+    })
+}
