@@ -19,13 +19,15 @@ clippy:
 unit:
 	$(CARGO) test --workspace
 
-# A longer simulator soak: `make sim-soak SEEDS=20000`.
+# A longer simulator soak: `make sim-soak SEEDS=20000`. Same profile as the tests (dependencies
+# optimized, our code at opt-level 1 with debug assertions), so RocksDB is not built again.
 SEEDS ?= 20000
 sim-soak:
-	FLOTILLA_SIM_SEEDS=$(SEEDS) $(CARGO) test --release -p flotilla-engine --test sim
+	FLOTILLA_SIM_SEEDS=$(SEEDS) $(CARGO) test -p flotilla-engine --test sim
 
+# Benchmarks run optimized (the bench profile): the first run builds RocksDB in release once.
 bench:
-	$(CARGO) bench -p flotilla-engine --bench raft_group
+	$(CARGO) bench -p flotilla-engine --bench raft_group --bench group_commit
 
 # The local 3-node cluster arrives with the node (issue "The node"). Until then this runs one
 # seed of the simulator: three Raft replicas under faults with a client load, narrated.

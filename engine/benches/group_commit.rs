@@ -59,7 +59,6 @@ fn round(engine: &Engine, logs: &mut [RangeLog], payload: &Bytes) {
             term: 1,
             index,
             data: payload.clone(),
-            ..Entry::default()
         };
         let hs = HardState {
             term: 1,

@@ -1,7 +1,7 @@
-//! Flotilla's wire protocol: every message that crosses the network, generated from
-//! `proto/*.proto` by prost. This crate owns the bytes on the wire and nothing else: no server
-//! logic, no storage, so that the client library can depend on it without compiling RocksDB.
-//! The QUIC endpoint joins it with the transport issue.
+//! Flotilla's wire protocol and its QUIC endpoint (DESIGN section 8): every message that
+//! crosses the network, generated from `proto/*.proto` by prost, the framing, mutual TLS
+//! against a cluster CA, and the endpoint that batches Raft traffic per node pair. No server
+//! logic and no storage: the client library depends on it without compiling RocksDB.
 //!
 //! ```
 //! use flotilla_transport::raft::{Entry, Message, MessageType};
@@ -33,6 +33,24 @@ pub mod meta {
 pub mod kv {
     include!(concat!(env!("OUT_DIR"), "/flotilla.kv.rs"));
 }
+
+/// Node-to-node framing: hello, Raft batches, coalesced heartbeats, snapshot and RPC frames.
+pub mod wire {
+    include!(concat!(env!("OUT_DIR"), "/flotilla.transport.rs"));
+}
+
+mod coalesce;
+mod config;
+mod endpoint;
+mod error;
+pub mod frame;
+mod stats;
+pub mod tls;
+
+pub use self::config::TransportConfig;
+pub use self::endpoint::{BoxFuture, Sink, SnapshotChunks, Transport};
+pub use self::error::{RpcStatus, TransportError};
+pub use self::stats::Stats;
 
 #[cfg(test)]
 mod tests {

@@ -424,8 +424,8 @@ impl RangeLog {
         );
         let mut out = Vec::new();
         let mut size = 0u64;
-        let mut expected = low;
-        for item in iter {
+        let mut capped = false;
+        for (expected, item) in (low..).zip(iter) {
             let (key, value) = item?;
             let entry: Entry = codec::decode(&value).map_err(|e| {
                 EngineError::corruption(self.range_id, "log entry", format!("{key:?}: {e}"))
@@ -439,10 +439,17 @@ impl RangeLog {
             }
             size += entry_size(&entry);
             if size > max_size_bytes && !out.is_empty() {
+                capped = true;
                 break;
             }
             out.push(entry);
-            expected += 1;
+        }
+        if !capped && (out.len() as u64) < high - low {
+            return Err(EngineError::corruption(
+                self.range_id,
+                "log",
+                format!("entries {low}..{high} asked, {} found", out.len()),
+            ));
         }
         if out.is_empty() && low < high {
             return Err(EngineError::corruption(

@@ -193,7 +193,6 @@ fn child(dir: &Path, seed: u64) -> ! {
                     term: 1,
                     index,
                     data: payload(log.range_id(), index),
-                    ..Entry::default()
                 })
                 .collect();
             let hs = HardState {

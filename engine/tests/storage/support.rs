@@ -132,7 +132,6 @@ pub fn entry(index: u64, term: u64, data: Bytes) -> Entry {
         term,
         index,
         data,
-        ..Entry::default()
     }
 }
 
