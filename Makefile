@@ -28,6 +28,7 @@ sim-soak:
 # Benchmarks run optimized (the bench profile): the first run builds RocksDB in release once.
 bench:
 	$(CARGO) bench -p flotilla-engine --bench raft_group --bench group_commit
+	$(CARGO) bench -p flotilla-transport --bench transport
 
 # The local 3-node cluster arrives with the node (issue "The node"). Until then this runs one
 # seed of the simulator: three Raft replicas under faults with a client load, narrated.

@@ -3,6 +3,8 @@
 //! entries/s through criterion's throughput) and checks the fsyncs per round with RocksDB's
 //! own statistics. `fsync_floor` is the raw cost of a 256-byte write + fdatasync on the same
 //! disk, the floor under any synced round; `one_fsync_per_range` shows what group commit saves.
+//! (RocksDB adds a WAL sync of its own when it switches WAL files, a handful per thousand
+//! rounds.)
 //!
 //! Run: `cargo bench -p flotilla-engine --bench group_commit` (or `make bench`).
 
@@ -90,7 +92,12 @@ fn group_commit(c: &mut Criterion) {
             "group_commit/{n}: {rounds} rounds, {fsyncs} WAL fsyncs: {:.3} fsyncs per round",
             fsyncs as f64 / rounds.max(1) as f64
         );
-        assert_eq!(fsyncs, rounds, "one fsync per round, however many ranges");
+        // RocksDB also syncs a WAL file when it switches to a new one (a memtable flush, every
+        // few dozen rounds of 10,000 ranges). Anything near two per round is a regression.
+        assert!(
+            fsyncs as f64 <= rounds as f64 * 1.1 + 2.0,
+            "one fsync per round, however many ranges: {fsyncs} fsyncs in {rounds} rounds"
+        );
     }
     group.finish();
 }

@@ -246,11 +246,12 @@ fn check(dir: &Path, acked: &BTreeMap<u64, u64>, kill: usize) -> u64 {
             last >= acked,
             "kill {kill}: range {r} lost acknowledged entries: last {last} < acked {acked}"
         );
-        assert!(
-            log.hard_state().commit >= acked,
-            "kill {kill}: range {r} commit went back"
-        );
         let applied = applier.applied_index();
+        // Commit-only changes are written lazily; a restart resumes from at least `applied`.
+        assert!(
+            log.hard_state().commit >= applied,
+            "kill {kill}: range {r} commit below applied"
+        );
         let first = log.first_index().expect("first");
         assert!(
             first <= applied + 1,

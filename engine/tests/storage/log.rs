@@ -63,7 +63,9 @@ fn a_round_of_many_ranges_is_one_fsync() {
         let log = RangeLog::load(engine.clone(), id).expect("load");
         assert_eq!(log.last_index(), Ok(3));
         assert_eq!(log.entries(1, 4, u64::MAX), Ok(entries(1, 3, 1)));
-        assert_eq!(log.hard_state().commit, 3);
+        // Commit-only changes are written lazily (commit is volatile in Raft): the reloaded
+        // commit is the one written with the term, or the applied index if higher.
+        assert_eq!(log.hard_state().commit, 1);
     }
 }
 
