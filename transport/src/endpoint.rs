@@ -50,6 +50,12 @@ const CODE_REFUSED: u32 = 2;
 const CODE_FRAME: u32 = 3;
 const CODE_SHUTDOWN: u32 = 4;
 
+/// A `Hello` is a few dozen bytes; anything near this is not one.
+const MAX_HELLO_BYTES: usize = 4096;
+
+/// The longest an RPC handler may run, whatever timeout the caller asked for.
+const MAX_RPC_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// A boxed future, for the RPC handler of [`Sink`].
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -86,6 +92,8 @@ struct Peer {
     link_changed: Notify,
     dialing: tokio::sync::Mutex<()>,
     up: Mutex<(bool, Instant)>,
+    /// The peer's incarnation, from its last `Hello`.
+    incarnation: Mutex<Option<u64>>,
 }
 
 struct Inner {
@@ -96,6 +104,11 @@ struct Inner {
     sink: Arc<dyn Sink>,
     stats: Arc<Stats>,
     shutdown: tokio::sync::watch::Sender<bool>,
+    /// Tasks are spawned here, so `send` works from any thread (the store's pollers are not
+    /// tokio threads).
+    runtime: tokio::runtime::Handle,
+    /// Random per start, sent in every `Hello`.
+    incarnation: u64,
 }
 
 /// A node's endpoint. Cheap to clone.
@@ -152,9 +165,11 @@ impl Transport {
             sink,
             stats: Arc::new(Stats::default()),
             shutdown,
+            runtime: tokio::runtime::Handle::current(),
+            incarnation: rand::rng().random(),
         });
-        tokio::spawn(accept_loop(inner.clone()));
-        tokio::spawn(liveness_monitor(inner.clone()));
+        inner.runtime.spawn(accept_loop(inner.clone()));
+        inner.runtime.spawn(liveness_monitor(inner.clone()));
         Ok(Self { inner })
     }
 
@@ -244,10 +259,13 @@ impl Transport {
         frame::write(&mut send, &frame::encode(&end, max)?).await?;
         send.finish()
             .map_err(|e| TransportError::Snapshot(e.to_string()))?;
-        send.stopped()
-            .await
-            .map_err(|e| TransportError::Snapshot(e.to_string()))?;
-        Ok(())
+        match send.stopped().await {
+            Ok(None) => Ok(()),
+            Ok(Some(code)) => Err(TransportError::Snapshot(format!(
+                "the receiver stopped the stream (code {code})"
+            ))),
+            Err(e) => Err(TransportError::Snapshot(e.to_string())),
+        }
     }
 
     /// Calls `method` on `to_node` with `body`, waiting at most `timeout`.
@@ -274,7 +292,7 @@ impl Transport {
 
     /// Closes every connection and stops the endpoint.
     pub async fn shutdown(&self) {
-        let _ = self.inner.shutdown.send(true);
+        self.inner.shutdown.send_replace(true);
         self.inner
             .endpoint
             .close(VarInt::from_u32(CODE_SHUTDOWN), b"shutdown");
@@ -287,6 +305,7 @@ fn hello(inner: &Inner, kind: StreamKind) -> Hello {
         cluster_id: inner.config.cluster_id.clone(),
         node_id: inner.config.node_id,
         kind: kind as i32,
+        incarnation: inner.incarnation,
     }
 }
 
@@ -304,9 +323,10 @@ fn peer(inner: &Arc<Inner>, node_id: u64) -> Arc<Peer> {
         link_changed: Notify::new(),
         dialing: tokio::sync::Mutex::new(()),
         up: Mutex::new((false, Instant::now())),
+        incarnation: Mutex::new(None),
     });
     peers.insert(node_id, p.clone());
-    tokio::spawn(flusher(inner.clone(), p.clone(), rx));
+    inner.runtime.spawn(flusher(inner.clone(), p.clone(), rx));
     p
 }
 
@@ -314,8 +334,14 @@ fn peer(inner: &Arc<Inner>, node_id: u64) -> Arc<Peer> {
 /// With a live link in place: between connections dialed by different nodes, the one dialed by
 /// the lower node id wins (both sides decide alike); a second connection dialed by the peer
 /// means the peer gave the first one up (it restarted), so the new one wins; a second one
-/// dialed by us loses.
-fn register(inner: &Inner, peer: &Peer, conn: Connection, dialer: u64) -> Connection {
+/// dialed by us loses; a connection from a restarted peer (new incarnation) always wins.
+fn register(
+    inner: &Inner,
+    peer: &Peer,
+    conn: Connection,
+    dialer: u64,
+    restarted: bool,
+) -> Connection {
     let me = inner.config.node_id;
     let preferred = me.min(peer.node_id);
     let mut link = peer.link.lock();
@@ -324,7 +350,9 @@ fn register(inner: &Inner, peer: &Peer, conn: Connection, dialer: u64) -> Connec
             if current.conn.stable_id() == conn.stable_id() {
                 return conn;
             }
-            if current.dialer == dialer {
+            if restarted {
+                true
+            } else if current.dialer == dialer {
                 dialer != me
             } else {
                 dialer == preferred
@@ -389,7 +417,7 @@ async fn connection(inner: &Arc<Inner>, node_id: u64) -> Result<Connection, Tran
         let dialed = dial(inner, node_id).await;
         drop(dialing);
         match dialed {
-            Ok(conn) => return Ok(register(inner, &p, conn, inner.config.node_id)),
+            Ok(conn) => return Ok(register(inner, &p, conn, inner.config.node_id, false)),
             Err(e) => {
                 tracing::debug!(node = inner.config.node_id, peer = node_id, error = %e, "dial failed");
                 let jitter = rand::rng().random_range(0.5..1.5);
@@ -425,7 +453,9 @@ async fn dial(inner: &Arc<Inner>, node_id: u64) -> Result<Connection, TransportE
         Ok(conn) => {
             stats::connected(&inner.stats);
             // The peer opens its streams on this connection too (it may be the one kept).
-            tokio::spawn(serve_connection(inner.clone(), conn.clone(), true));
+            inner
+                .runtime
+                .spawn(serve_connection(inner.clone(), conn.clone(), true));
             Ok(conn)
         }
         Err(e) => {
@@ -459,6 +489,8 @@ async fn flusher(inner: Arc<Inner>, peer: Arc<Peer>, mut rx: mpsc::Receiver<Rang
             Ok(s) => s,
             Err(_) => continue 'connect,
         };
+        // Raft traffic goes ahead of snapshot streams on a constrained link.
+        let _ = send.set_priority(1);
         let hello = hello(&inner, StreamKind::Raft);
         let Ok(hello) = frame::encode(&hello, max_frame) else {
             return;
@@ -575,11 +607,18 @@ async fn read_hello(
     inner: &Inner,
     conn: &Connection,
     recv: &mut quinn::RecvStream,
-) -> Option<(Option<u64>, StreamKind)> {
-    let hello = match frame::read::<Hello, _>(recv, inner.config.max_frame_bytes).await {
-        Ok(Some(h)) => h,
-        Ok(None) => return None,
-        Err(e) => {
+) -> Option<(Option<u64>, StreamKind, u64)> {
+    // A hello is small and comes first: a stream that stalls before it is dropped.
+    let read = frame::read::<Hello, _>(recv, MAX_HELLO_BYTES);
+    let hello = match tokio::time::timeout(inner.config.idle_timeout, read).await {
+        Ok(Ok(Some(h))) => h,
+        Ok(Ok(None)) => return None,
+        Ok(Err(e)) => {
+            frame_failure(inner, recv, &e, None);
+            return None;
+        }
+        Err(_) => {
+            let e = frame::FrameError::Truncated;
             frame_failure(inner, recv, &e, None);
             return None;
         }
@@ -605,7 +644,7 @@ async fn read_hello(
         if kind == StreamKind::Rpc
             && tls::peer_has_name(conn, &tls::client_name(&inner.config.cluster_id))
         {
-            return Some((None, kind));
+            return Some((None, kind, hello.incarnation));
         }
         return refuse("a client may only open rpc streams with a client certificate".into());
     }
@@ -615,18 +654,27 @@ async fn read_hello(
     ) {
         return refuse(format!("certificate does not name node {}", hello.node_id));
     }
-    Some((Some(hello.node_id), kind))
+    Some((Some(hello.node_id), kind, hello.incarnation))
 }
 
 async fn serve_uni(inner: Arc<Inner>, conn: Connection, mut recv: quinn::RecvStream, dialed: bool) {
-    let Some((Some(from), kind)) = read_hello(&inner, &conn, &mut recv).await else {
+    let Some((Some(from), kind, incarnation)) = read_hello(&inner, &conn, &mut recv).await else {
         return;
     };
     match kind {
         StreamKind::Raft => {
             let p = peer(&inner, from);
+            let restarted = {
+                let mut known = p.incarnation.lock();
+                let restarted = known.is_some_and(|k| k != incarnation);
+                *known = Some(incarnation);
+                restarted
+            };
+            if restarted {
+                tracing::info!(node = inner.config.node_id, peer = from, "peer restarted");
+            }
             let dialer = if dialed { inner.config.node_id } else { from };
-            register(&inner, &p, conn.clone(), dialer);
+            register(&inner, &p, conn.clone(), dialer, restarted);
             serve_raft(&inner, &p, &mut recv).await;
         }
         StreamKind::Snapshot => serve_snapshot(&inner, from, &mut recv).await,
@@ -699,13 +747,22 @@ async fn serve_snapshot(inner: &Inner, from: u64, recv: &mut quinn::RecvStream) 
                 Some(snapshot_frame::Body::Chunk(c)) if crc32c::crc32c(&c) == f.checksum => {
                     count += 1;
                     // Waiting here is the flow control: QUIC stops the sender while we wait.
-                    if tx.send(Ok(c)).await.is_err() {
+                    let mut shutdown = inner.shutdown.subscribe();
+                    let delivered = tokio::select! {
+                        r = tx.send(Ok(c)) => r.is_ok(),
+                        _ = shutdown.wait_for(|s| *s) => false,
+                    };
+                    if !delivered {
                         let _ = recv.stop(VarInt::from_u32(CODE_SHUTDOWN));
                         return;
                     }
                     continue;
                 }
-                Some(snapshot_frame::Body::End(n)) if n == count => return,
+                Some(snapshot_frame::Body::End(n)) if n == count => {
+                    // Read to the end so the sender's `stopped()` reports a clean finish.
+                    let _ = frame::read::<SnapshotFrame, _>(recv, max).await;
+                    return;
+                }
                 Some(snapshot_frame::Body::End(n)) => {
                     format!("snapshot ended after {count} chunks, sender says {n}")
                 }
@@ -731,7 +788,7 @@ async fn serve_rpc(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let Some((from, kind)) = read_hello(&inner, &conn, &mut recv).await else {
+    let Some((from, kind, _)) = read_hello(&inner, &conn, &mut recv).await else {
         return;
     };
     let max = inner.config.max_frame_bytes;
@@ -758,7 +815,7 @@ async fn serve_rpc(
             return;
         }
     };
-    let timeout = Duration::from_millis(request.timeout_ms.max(1));
+    let timeout = Duration::from_millis(request.timeout_ms.max(1)).min(MAX_RPC_TIMEOUT);
     let handler = inner.sink.rpc(from, request.method.clone(), request.body);
     let response = match tokio::time::timeout(timeout, handler).await {
         Ok(Ok(body)) => RpcResponse {

@@ -113,14 +113,17 @@ where
             max: max_bytes,
         });
     }
-    let mut body = vec![0u8; len];
-    stream.read_exact(&mut body).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            FrameError::Truncated
-        } else {
-            FrameError::Io(e.to_string())
-        }
-    })?;
+    // The buffer grows as bytes arrive: a peer announcing a large frame and stalling costs
+    // nothing until it sends.
+    let mut body = Vec::with_capacity(len.min(64 << 10));
+    (&mut *stream)
+        .take(len as u64)
+        .read_to_end(&mut body)
+        .await
+        .map_err(|e| FrameError::Io(e.to_string()))?;
+    if body.len() < len {
+        return Err(FrameError::Truncated);
+    }
     M::decode(body.as_slice())
         .map(Some)
         .map_err(|e| FrameError::Malformed(e.to_string()))

@@ -84,6 +84,10 @@ pub struct TlsConfig {
     pub identity: Identity,
 }
 
+fn ca_common_name(cluster_id: &str) -> String {
+    format!("flotilla cluster {cluster_id} CA")
+}
+
 fn ca_params(cluster_id: &str) -> Result<CertificateParams, TlsError> {
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.distinguished_name.push(
@@ -142,6 +146,18 @@ impl ClusterCa {
         check_cluster_id(cluster_id)?;
         let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes())
             .map_err(|e| TlsError::Pem(e.to_string()))?;
+        // The issuer is rebuilt from the cluster id (see `ca_params`): refuse a certificate that
+        // is not this cluster's CA, whose certificates no node would accept.
+        let common_name = ca_common_name(cluster_id);
+        if !cert
+            .as_ref()
+            .windows(common_name.len())
+            .any(|w| w == common_name.as_bytes())
+        {
+            return Err(TlsError::Pem(format!(
+                "the certificate is not the CA of cluster {cluster_id}"
+            )));
+        }
         // The CA's parameters are a function of the cluster id (see `ca_params`), so the issuer
         // rebuilt from them and the key names the same subject as the stored certificate.
         let issuer = Issuer::new(ca_params(cluster_id)?, KeyPair::from_pem(key_pem)?);
@@ -194,6 +210,16 @@ impl ClusterCa {
     /// # Errors
     /// [`TlsError::Generate`].
     pub fn issue_node(&self, node_id: u64, extra_names: &[String]) -> Result<TlsConfig, TlsError> {
+        // Extra names are for clients dialing a host name; they must not name other nodes,
+        // clients or wildcards.
+        if let Some(bad) = extra_names
+            .iter()
+            .find(|n| n.contains('*') || n.ends_with(".flotilla"))
+        {
+            return Err(TlsError::Pem(format!(
+                "extra certificate name {bad:?} not allowed"
+            )));
+        }
         let mut names = vec![node_name(&self.cluster_id, node_id)];
         names.extend_from_slice(extra_names);
         Ok(TlsConfig {

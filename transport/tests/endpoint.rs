@@ -154,45 +154,55 @@ async fn three_nodes_exchange_batches() {
         .map(|id| start("c1", id, &ca.issue_node(id, &[]).expect("cert")))
         .collect();
     mesh(&nodes.iter().collect::<Vec<_>>());
-    // Connections settle first (when two nodes dial each other at once, one connection is
-    // closed, and whatever was in flight on it is lost, as Raft allows).
-    for n in &nodes {
-        until("peers up", || {
-            (1..=3).filter(|&p| n.transport.is_up(p)).count() == 2
-        })
-        .await;
-    }
-    for a in &nodes {
-        for b in &nodes {
-            let (from, to) = (a.transport.node_id(), b.transport.node_id());
-            if from == to {
-                continue;
-            }
-            for range in 0..100u64 {
-                assert!(a.transport.send(to, append(range, from, to, range)));
-                assert!(a.transport.send(to, heartbeat(range, from, to)));
+    // Messages sent while two nodes' simultaneous dials are sorted out may be lost (as Raft
+    // allows): send every message again until each has arrived at least once.
+    let distinct = |n: &Node| {
+        n.sink
+            .messages
+            .lock()
+            .iter()
+            .map(|(from, m)| (*from, m.range_id, m.message.as_ref().map(|m| m.msg_type)))
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+    };
+    let start = Instant::now();
+    while nodes.iter().any(|n| distinct(n) < 400) {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out waiting for every message"
+        );
+        for a in &nodes {
+            for b in &nodes {
+                let (from, to) = (a.transport.node_id(), b.transport.node_id());
+                if from == to {
+                    continue;
+                }
+                for range in 0..100u64 {
+                    assert!(a.transport.send(to, append(range, from, to, range)));
+                    assert!(a.transport.send(to, heartbeat(range, from, to)));
+                }
             }
         }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for n in &nodes {
-        until("400 messages at every node", || n.sink.count() == 400).await;
         let got = n.sink.messages.lock();
         // Heartbeats travel compact and come back as the same Raft messages.
-        assert_eq!(
-            got.iter()
-                .filter(|(_, m)| m.message.as_ref().map(|m| m.msg_type)
-                    == Some(MessageType::Heartbeat as i32))
-                .count(),
-            200
-        );
-        assert!(got
+        let hb = got
             .iter()
-            .any(|(from, m)| *from != n.transport.node_id() && m.range_id == 99));
+            .find(|(_, m)| {
+                m.message.as_ref().map(|m| m.msg_type) == Some(MessageType::Heartbeat as i32)
+            })
+            .map(|(from, m)| (*from, m.clone()))
+            .expect("a heartbeat");
+        assert_eq!(hb.1, heartbeat(hb.1.range_id, hb.0, n.transport.node_id()));
     }
     let stats = nodes[0].transport.stats();
     assert!(
-        Stats::get(&stats.batches_sent) < Stats::get(&stats.messages_sent),
-        "messages are batched"
+        Stats::get(&stats.batches_sent) * 10 < Stats::get(&stats.messages_sent),
+        "messages are batched: {} batches (pings included) for {} messages",
+        Stats::get(&stats.batches_sent),
+        Stats::get(&stats.messages_sent)
     );
     for n in &nodes {
         until("peers up", || {
@@ -235,10 +245,15 @@ async fn wrong_ca_cluster_or_node_is_refused() {
     let other_ca = ClusterCa::generate("c1").expect("other ca");
     let b = start("c1", 2, &other_ca.issue_node(2, &[]).expect("cert"));
     refused(&a, &b, 2).await;
-    // The same CA, but a node of another cluster.
-    let c2 = ClusterCa::from_pem("c2", &ca.cert_pem(), &ca.key_pem()).expect("same ca, cluster c2");
-    let c = start("c2", 3, &c2.issue_node(3, &[]).expect("cert"));
+    // A node configured for another cluster (with a certificate of this CA): its Hello check
+    // refuses our cluster id.
+    let c = start("c2", 3, &ca.issue_node(3, &[]).expect("cert"));
     refused(&a, &c, 3).await;
+    // A CA loaded for another cluster id is refused, and so are names that would cover other
+    // nodes.
+    assert!(ClusterCa::from_pem("c2", &ca.cert_pem(), &ca.key_pem()).is_err());
+    assert!(ca.issue_node(9, &["*.c1.flotilla".into()]).is_err());
+    assert!(ca.issue_node(9, &["n1.c1.flotilla".into()]).is_err());
     // The right cluster and CA, but not the node the dialer wanted.
     let d = start("c1", 4, &ca.issue_node(4, &[]).expect("cert"));
     refused(&a, &d, 5).await;
@@ -274,6 +289,7 @@ async fn bad_frames_close_their_stream_only() {
             cluster_id: "c1".into(),
             node_id: 1,
             kind: StreamKind::Raft as i32,
+            incarnation: 1,
         },
         4096,
     )
@@ -347,6 +363,8 @@ async fn a_restarted_peer_is_reconnected() {
     a.transport.add_peer(2, b_addr);
     a.transport.send(2, append(1, 1, 2, 1));
     until("first delivery", || b.sink.count() == 1).await;
+    b.transport.add_peer(1, addr(&a));
+    until("b up at a", || a.transport.is_up(2)).await;
     b.transport.shutdown().await;
     drop(b);
     until("b reported down", || !a.transport.is_up(2)).await;
@@ -455,5 +473,52 @@ async fn rpcs_answer_or_fail_typed() {
         Ok(_) => panic!("the slow call cannot answer in time"),
     }
     a.transport.shutdown().await;
+    b.transport.shutdown().await;
+}
+
+/// Raw peers whose certificate does not back their `Hello` are refused on the acceptor's side:
+/// a node claiming to be another node, and a client opening a Raft stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impostors_are_refused() {
+    let ca = ClusterCa::generate("c1").expect("ca");
+    let b = start("c1", 2, &ca.issue_node(2, &[]).expect("cert"));
+    let cases = [
+        (ca.issue_node(1, &[]).expect("cert"), 3u64),
+        (ca.issue_client().expect("client cert"), 0u64),
+    ];
+    for (i, (tls, claimed)) in cases.into_iter().enumerate() {
+        let before = Stats::get(&b.transport.stats().handshake_failures);
+        let mut endpoint =
+            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
+        endpoint.set_default_client_config(tls::client_config(&tls).expect("client config"));
+        let conn = endpoint
+            .connect(addr(&b), &tls::node_name("c1", 2))
+            .expect("connect")
+            .await
+            .expect("the TLS handshake itself succeeds: the certificate is the cluster's");
+        let hello = Hello {
+            cluster_id: "c1".into(),
+            node_id: claimed,
+            kind: StreamKind::Raft as i32,
+            incarnation: 1,
+        };
+        let mut s = conn.open_uni().await.expect("stream");
+        s.write_all(&frame::encode(&hello, 4096).expect("hello"))
+            .await
+            .expect("write");
+        let batch = RaftBatch {
+            messages: vec![append(7, claimed, 2, 1)],
+            ..RaftBatch::default()
+        };
+        let _ = s
+            .write_all(&frame::encode(&batch, 4096).expect("batch"))
+            .await;
+        until("the impostor refused", || {
+            Stats::get(&b.transport.stats().handshake_failures) > before
+                && conn.close_reason().is_some()
+        })
+        .await;
+        assert_eq!(b.sink.count(), 0, "case {i}: nothing delivered");
+    }
     b.transport.shutdown().await;
 }

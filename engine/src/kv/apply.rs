@@ -69,6 +69,9 @@ impl RangeApplier {
     /// # Errors
     /// [`EngineError::RangeNotFound`], [`EngineError::Corruption`].
     pub fn load(engine: Arc<Engine>, range_id: u64, config: KvConfig) -> Result<Self, EngineError> {
+        config
+            .validate()
+            .map_err(|e| EngineError::corruption(range_id, "kv config", e))?;
         let descriptor = engine
             .descriptor(range_id)?
             .ok_or(EngineError::RangeNotFound(range_id))?;
@@ -115,6 +118,39 @@ impl RangeApplier {
     ) -> Result<Vec<Applied>, EngineError> {
         let engine = Arc::clone(&self.engine);
         let mut overlay = Overlay::new(&engine, self.descriptor.id);
+        // The in-memory state moves only once the batch is written: a failed read or write
+        // leaves it where the disk is.
+        let before = self.state.clone();
+        let result = self.apply_batch(&mut overlay, entries, conf_state);
+        match result {
+            Ok(out) => {
+                let mut batch = WriteBatch::default();
+                overlay.flush(&mut batch);
+                engine.put_record(
+                    &mut batch,
+                    Cf::Meta,
+                    &keys::apply_state_key(self.descriptor.id),
+                    &self.state,
+                );
+                if let Err(e) = engine.write_unsynced(batch) {
+                    self.state = before;
+                    return Err(e);
+                }
+                Ok(out)
+            }
+            Err(e) => {
+                self.state = before;
+                Err(e)
+            }
+        }
+    }
+
+    fn apply_batch(
+        &mut self,
+        overlay: &mut Overlay<'_>,
+        entries: &[Entry],
+        conf_state: Option<&ConfState>,
+    ) -> Result<Vec<Applied>, EngineError> {
         let mut out = Vec::new();
         for e in entries {
             if e.index <= self.state.applied_index {
@@ -129,26 +165,17 @@ impl RangeApplier {
                 self.state.applied_index
             );
             if e.entry_type == EntryType::Normal as i32 && !e.data.is_empty() {
-                out.push(self.apply_command(&mut overlay, e)?);
+                out.push(self.apply_command(overlay, e)?);
             }
             self.state.applied_index = e.index;
             self.state.applied_term = e.term;
             if e.index % self.config.session_sweep_interval == 0 {
-                self.sweep_sessions(&mut overlay)?;
+                self.sweep_sessions(overlay)?;
             }
         }
         if let Some(cs) = conf_state {
             self.state.conf_state = Some(cs.clone());
         }
-        let mut batch = WriteBatch::default();
-        overlay.flush(&mut batch);
-        engine.put_record(
-            &mut batch,
-            Cf::Meta,
-            &keys::apply_state_key(self.descriptor.id),
-            &self.state,
-        );
-        engine.write_unsynced(batch)?;
         Ok(out)
     }
 

@@ -306,6 +306,30 @@ impl RangeLog {
         entries: &[Entry],
         hard_state: Option<&HardState>,
     ) -> Result<(), EngineError> {
+        // Check everything before staging anything: a refused round leaves no half of this
+        // range in the batch.
+        if let Some(data) = snapshot {
+            if data.descriptor().id != self.range_id {
+                return Err(EngineError::Snapshot(format!(
+                    "snapshot of range {} staged on range {}",
+                    data.descriptor().id,
+                    self.range_id
+                )));
+            }
+            data.check_no_overlap(&self.engine)?;
+        }
+        if let Some(first) = entries.first() {
+            let (low, last) = match snapshot {
+                Some(data) => (data.metadata().index, data.metadata().index),
+                None => (self.truncated.index, self.last_index),
+            };
+            if first.index <= low || first.index > last + 1 {
+                return Err(EngineError::Snapshot(format!(
+                    "range {}: entries from {} do not follow the log ({low}, {last}]",
+                    self.range_id, first.index
+                )));
+            }
+        }
         batch.ranges += 1;
         if let Some(data) = snapshot {
             self.stage_snapshot(batch, data)?;

@@ -7,6 +7,7 @@
 //! mid-install leaves the old replica or the new one, never a mix, with no recovery step. A
 //! range is at most the split size (64 MiB by default), which a batch holds comfortably.
 
+use flotilla_transport::kv::StoredValue;
 use flotilla_transport::meta::{
     ApplyState, RangeDescriptor, SessionRecord, SnapshotChunk, SnapshotColumn, SnapshotHeader,
     SnapshotRow,
@@ -159,6 +160,9 @@ pub fn build_snapshot(
             if column == SnapshotColumn::Meta {
                 codec::decode::<SessionRecord>(&value)
                     .map_err(|e| EngineError::codec(range_id, "session", e))?;
+            } else {
+                codec::decode::<StoredValue>(&value)
+                    .map_err(|e| EngineError::codec(range_id, "value", e))?;
             }
             size += key.len() + value.len() + 8;
             rows.push(SnapshotRow {
@@ -263,7 +267,9 @@ impl SnapshotReceiver {
             let key = row.key.as_ref();
             let ok = match SnapshotColumn::try_from(row.column) {
                 Ok(SnapshotColumn::Data) => {
-                    key >= self.data_span.0.as_slice() && key < self.data_span.1.as_slice()
+                    key >= self.data_span.0.as_slice()
+                        && key < self.data_span.1.as_slice()
+                        && codec::decode::<StoredValue>(&row.value).is_ok()
                 }
                 Ok(SnapshotColumn::Meta) => {
                     key >= self.session_span.0.as_slice()
@@ -345,6 +351,34 @@ impl ReceivedSnapshot {
     /// Rows of user data and sessions.
     pub fn row_count(&self) -> usize {
         self.rows.len()
+    }
+
+    /// Refuses the install when another range on this node overlaps the snapshot's span: the
+    /// span is cleared in the shared `data` column family, which would delete that range's rows
+    /// (a late snapshot from before a split). The store must first remove or shrink the other
+    /// replica.
+    ///
+    /// # Errors
+    /// [`EngineError::Snapshot`] naming the overlapping range.
+    pub(crate) fn check_no_overlap(&self, engine: &Engine) -> Result<(), EngineError> {
+        let desc = self.descriptor();
+        let (start, end) = keys::data_span(desc);
+        for id in engine.range_ids()? {
+            if id == desc.id {
+                continue;
+            }
+            let Some(other) = engine.descriptor(id)? else {
+                continue;
+            };
+            let (o_start, o_end) = keys::data_span(&other);
+            if o_start < end && start < o_end {
+                return Err(EngineError::Snapshot(format!(
+                    "snapshot of range {} overlaps range {id} on this node",
+                    desc.id
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Stages the state machine's part of the install: clear the range's data span and

@@ -1,10 +1,15 @@
-//! Crash test with real processes (issue 4; TESTING.md "power loss", bug classes 2 and 3): a
+//! Crash test with real processes (issue 4; TESTING.md bug class 3, multi-step persistence): a
 //! child process appends entries for many ranges in group-commit rounds, prints an ack for each
 //! entry only after its round is synced, then applies them (unsynced) and now and then compacts
 //! its logs. The parent kills it with SIGKILL at random moments, reopens the directory and
 //! checks that every acknowledged entry is there, that each range's data is exactly the state
 //! its apply state claims (never more, never less), and that replaying the rest of the log
 //! reaches the state of the whole log. Fixed seed; each run does 50 kills.
+//!
+//! What a SIGKILL cannot show: writes that returned sit in the OS page cache and survive the
+//! process, so a missing fsync (bug class 2) passes here. That is checked by counting RocksDB's
+//! own WAL syncs per synced round (`tests/storage/log.rs`) and by the simulator's lost-unsynced-
+//! writes crashes; a power-loss test (LazyFS or a VM) belongs to the process-level fault issue.
 //!
 //! Replay a run: `FLOTILLA_CRASH_SEED=N cargo test -p flotilla-engine --test crash`.
 
@@ -247,11 +252,6 @@ fn check(dir: &Path, acked: &BTreeMap<u64, u64>, kill: usize) -> u64 {
             "kill {kill}: range {r} lost acknowledged entries: last {last} < acked {acked}"
         );
         let applied = applier.applied_index();
-        // Commit-only changes are written lazily; a restart resumes from at least `applied`.
-        assert!(
-            log.hard_state().commit >= applied,
-            "kill {kill}: range {r} commit below applied"
-        );
         let first = log.first_index().expect("first");
         assert!(
             first <= applied + 1,

@@ -161,3 +161,32 @@ fn a_corrupt_snapshot_is_refused_whole() {
         Err(SnapshotError::RowOutOfSpan { chunk: 0, .. })
     ));
 }
+
+/// A snapshot whose span covers another range on the receiving node (a late snapshot from
+/// before a split) is refused: installing it would clear that range's rows.
+#[test]
+fn a_snapshot_overlapping_another_local_range_is_refused() {
+    let (_dir, _source, parts) = source();
+    let received = ReceivedSnapshot::from_parts(2, parts).expect("verified");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = open(dir.path());
+    let mut target = Single::new(&engine, descriptor(2, b"", b"m"));
+    let mut other = Single::new(&engine, descriptor(3, b"m", b""));
+    other.write(command(header(3, 0, 0), put("x", "kept")));
+    let mut batch = LogBatch::new();
+    let e = target
+        .log
+        .stage(&mut batch, Some(&received), &[], None)
+        .expect_err("overlaps range 3");
+    assert!(e.to_string().contains("overlaps range 3"), "{e}");
+    assert!(batch.is_empty(), "nothing staged");
+    assert!(kv::get(
+        &engine,
+        other.applier.descriptor(),
+        b"x",
+        &KvConfig::default()
+    )
+    .expect("get")
+    .kv
+    .is_some());
+}
