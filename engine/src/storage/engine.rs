@@ -30,6 +30,10 @@ pub struct EngineConfig {
     pub entry_cache_bytes: u64,
     /// One range's entry cache stays within this many bytes.
     pub entry_cache_bytes_per_range: u64,
+    /// Keep unsynced writes in RocksDB's own WAL buffer until the next synced write (which
+    /// flushes and syncs them in order) instead of handing each to the OS. A killed process
+    /// then loses its unsynced writes the way a power loss would, which the crash test uses.
+    pub manual_wal_flush: bool,
 }
 
 impl EngineConfig {
@@ -42,6 +46,7 @@ impl EngineConfig {
             create: true,
             entry_cache_bytes: 256 << 20,
             entry_cache_bytes_per_range: 4 << 20,
+            manual_wal_flush: false,
         }
     }
 }
@@ -127,6 +132,7 @@ impl Engine {
         options.set_max_background_jobs(2);
         options.set_bytes_per_sync(1 << 20);
         options.set_max_total_wal_size(512 << 20);
+        options.set_manual_wal_flush(config.manual_wal_flush);
         let cfs = [Cf::Raft, Cf::Data, Cf::Meta]
             .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(cf)));
         let db = DB::open_cf_descriptors(&options, &config.path, cfs)?;

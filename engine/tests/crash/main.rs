@@ -1,4 +1,4 @@
-//! Crash test with real processes (issue 4; TESTING.md bug class 3, multi-step persistence): a
+//! Crash test with real processes (issue 4; TESTING.md bug classes 2 and 3): a
 //! child process appends entries for many ranges in group-commit rounds, prints an ack for each
 //! entry only after its round is synced, then applies them (unsynced) and now and then compacts
 //! its logs. The parent kills it with SIGKILL at random moments, reopens the directory and
@@ -6,10 +6,11 @@
 //! its apply state claims (never more, never less), and that replaying the rest of the log
 //! reaches the state of the whole log. Fixed seed; each run does 50 kills.
 //!
-//! What a SIGKILL cannot show: writes that returned sit in the OS page cache and survive the
-//! process, so a missing fsync (bug class 2) passes here. That is checked by counting RocksDB's
-//! own WAL syncs per synced round (`tests/storage/log.rs`) and by the simulator's lost-unsynced-
-//! writes crashes; a power-loss test (LazyFS or a VM) belongs to the process-level fault issue.
+//! The child opens RocksDB with `manual_wal_flush`: unsynced writes (the applies) stay in
+//! RocksDB's buffer until the next synced round flushes and syncs them in order, so a SIGKILL
+//! loses them the way a power loss loses the page cache, and an acknowledgement given before
+//! its sync (bug class 2) loses acknowledged entries here. What it cannot show is the disk
+//! itself dropping synced data (LazyFS or a VM, issue 11).
 //!
 //! Replay a run: `FLOTILLA_CRASH_SEED=N cargo test -p flotilla-engine --test crash`.
 
@@ -42,6 +43,14 @@ const ACK: &str = "FLOTILLA-ACK";
 
 fn open(dir: &Path) -> Arc<Engine> {
     Engine::open(&EngineConfig::new(dir, "crash", 1)).expect("open engine")
+}
+
+/// The child keeps unsynced writes in RocksDB's buffer, so a SIGKILL loses them as a power
+/// loss would: an acknowledgement that did not wait for the sync is then caught.
+fn open_child(dir: &Path) -> Arc<Engine> {
+    let mut config = EngineConfig::new(dir, "crash", 1);
+    config.manual_wal_flush = true;
+    Engine::open(&config).expect("open engine")
 }
 
 fn prefix(range: u64) -> String {
@@ -179,7 +188,7 @@ fn load_or_create(engine: &Arc<Engine>) -> Vec<(RangeLog, RangeApplier)> {
 
 /// The child: rounds of appends to random ranges, acked after the sync, then applied.
 fn child(dir: &Path, seed: u64) -> ! {
-    let engine = open(dir);
+    let engine = open_child(dir);
     let mut ranges = load_or_create(&engine);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let stdout = std::io::stdout();
