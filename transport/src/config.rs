@@ -18,6 +18,10 @@ pub struct TransportConfig {
     pub max_batch_bytes: usize,
     /// Raft messages queued per destination node; beyond it they are dropped (and counted).
     pub queue_capacity: usize,
+    /// Bytes of Raft messages queued per destination node (a slow peer holds at most this).
+    pub queue_bytes: usize,
+    /// Snapshot streams in flight to one node at a time; more wait their turn.
+    pub max_snapshot_streams_per_peer: usize,
     /// One liveness ping per node pair per interval (when nothing else was sent).
     pub liveness_interval: Duration,
     /// A peer not heard from for this long is reported down.
@@ -41,6 +45,8 @@ impl TransportConfig {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             max_batch_bytes: 4 << 20,
             queue_capacity: 16 * 1024,
+            queue_bytes: 64 << 20,
+            max_snapshot_streams_per_peer: 2,
             liveness_interval: Duration::from_millis(500),
             down_after: Duration::from_millis(2_000),
             reconnect_min: Duration::from_millis(50),
@@ -64,6 +70,12 @@ impl TransportConfig {
         }
         if self.queue_capacity == 0 {
             return Err("queue-capacity: must be positive".into());
+        }
+        if self.queue_bytes < self.max_batch_bytes {
+            return Err("queue-bytes: must hold at least one batch (max-batch-bytes)".into());
+        }
+        if self.max_snapshot_streams_per_peer == 0 {
+            return Err("max-snapshot-streams-per-peer: must be positive".into());
         }
         if self.down_after <= self.liveness_interval {
             return Err("down-after: must exceed liveness-interval".into());

@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -94,6 +95,10 @@ struct Peer {
     up: Mutex<(bool, Instant)>,
     /// The peer's incarnation, from its last `Hello`.
     incarnation: Mutex<Option<u64>>,
+    /// Bytes in `tx`'s queue (bounded by `queue_bytes`).
+    queued_bytes: AtomicUsize,
+    /// Snapshot streams to this peer (bounded by `max_snapshot_streams_per_peer`).
+    snapshot_streams: tokio::sync::Semaphore,
 }
 
 struct Inner {
@@ -196,9 +201,17 @@ impl Transport {
     /// counts it. Returns whether it was queued.
     pub fn send(&self, to_node: u64, message: RangeMessage) -> bool {
         let p = peer(&self.inner, to_node);
+        let size = message.encoded_len();
+        let queued = p.queued_bytes.fetch_add(size, Ordering::Relaxed);
+        if queued + size > self.inner.config.queue_bytes {
+            p.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+            stats::dropped(to_node, &self.inner.stats);
+            return false;
+        }
         match p.tx.try_send(message) {
             Ok(()) => true,
             Err(_) => {
+                p.queued_bytes.fetch_sub(size, Ordering::Relaxed);
                 stats::dropped(to_node, &self.inner.stats);
                 false
             }
@@ -227,6 +240,12 @@ impl Transport {
         mut chunks: mpsc::Receiver<Bytes>,
     ) -> Result<(), TransportError> {
         let inner = &self.inner;
+        let p = peer(inner, to_node);
+        let _permit = p
+            .snapshot_streams
+            .acquire()
+            .await
+            .map_err(|_| TransportError::Shutdown)?;
         let conn = connection(inner, to_node).await?;
         let mut send = conn
             .open_uni()
@@ -324,6 +343,8 @@ fn peer(inner: &Arc<Inner>, node_id: u64) -> Arc<Peer> {
         dialing: tokio::sync::Mutex::new(()),
         up: Mutex::new((false, Instant::now())),
         incarnation: Mutex::new(None),
+        queued_bytes: AtomicUsize::new(0),
+        snapshot_streams: tokio::sync::Semaphore::new(inner.config.max_snapshot_streams_per_peer),
     });
     peers.insert(node_id, p.clone());
     inner.runtime.spawn(flusher(inner.clone(), p.clone(), rx));
@@ -515,13 +536,15 @@ async fn flusher(inner: Arc<Inner>, peer: Arc<Peer>, mut rx: mpsc::Receiver<Rang
             let mut count = 0usize;
             let mut next = first;
             while let Some(m) = next.take() {
-                let m_size = m.encoded_len() + 8;
+                let encoded = m.encoded_len();
+                let m_size = encoded + 8;
                 if count > 0 && size + m_size > max_batch {
                     pending = Some(m);
                     break;
                 }
                 size += m_size;
                 count += 1;
+                peer.queued_bytes.fetch_sub(encoded, Ordering::Relaxed);
                 match m
                     .message
                     .as_ref()
