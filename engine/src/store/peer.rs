@@ -16,8 +16,10 @@ use flotilla_transport::meta::RangeDescriptor;
 use flotilla_transport::raft::{Message, SnapshotMetadata};
 
 use crate::kv::{Applied, KvConfig, RangeApplier};
-use crate::raft::{Config, RawNode, Ready};
-use crate::storage::{Engine, EngineError, LogBatch, RangeLog};
+use crate::raft::{CompactError, Config, RawNode, Ready};
+use crate::storage::{
+    build_snapshot, Engine, EngineError, LogBatch, RangeLog, ReceivedSnapshot, SnapshotParts,
+};
 
 /// Why a peer cannot go on. All of these stop the replica.
 #[derive(Debug, thiserror::Error)]
@@ -26,8 +28,16 @@ pub enum PeerError {
     Storage(#[from] EngineError),
     #[error(transparent)]
     Raft(#[from] crate::raft::Error),
-    #[error("range {0}: snapshot install needs its data from the transport (not wired yet)")]
-    SnapshotUnsupported(u64),
+    #[error("range {0}: the Ready carries a snapshot whose data never arrived")]
+    SnapshotMissing(u64),
+    #[error("range {range_id}: snapshot data {data_index} does not match message {message_index}")]
+    SnapshotMismatch {
+        range_id: u64,
+        data_index: u64,
+        message_index: u64,
+    },
+    #[error(transparent)]
+    Compact(#[from] CompactError),
 }
 
 /// What a finished round hands back to the store.
@@ -44,6 +54,9 @@ pub struct Peer {
     range_id: u64,
     raw: RawNode<RangeLog>,
     applier: RangeApplier,
+    kv: KvConfig,
+    /// Data of a snapshot stepped in, waiting for the Ready that installs it.
+    pending_snapshot: Option<ReceivedSnapshot>,
 }
 
 impl std::fmt::Debug for Peer {
@@ -84,7 +97,7 @@ impl Peer {
         kv: KvConfig,
     ) -> Result<Self, PeerError> {
         let log = RangeLog::load(engine.clone(), range_id)?;
-        let applier = RangeApplier::load(engine.clone(), range_id, kv)?;
+        let applier = RangeApplier::load(engine.clone(), range_id, kv.clone())?;
         let config = Config {
             applied: applier.applied_index(),
             ..raft
@@ -94,7 +107,70 @@ impl Peer {
             range_id,
             raw,
             applier,
+            kv,
+            pending_snapshot: None,
         })
+    }
+
+    fn engine(&self) -> Arc<Engine> {
+        self.raw.store().engine().clone()
+    }
+
+    /// Leader side: the data for a Snapshot message the core emitted. The snapshot is built at
+    /// the range's applied index (at or past the log's truncation point, which the core put in
+    /// the message), so the message is rewritten to carry the built snapshot's metadata.
+    ///
+    /// # Errors
+    /// [`PeerError::Storage`] when the snapshot cannot be read.
+    pub fn prepare_snapshot(
+        &self,
+        message: &mut Message,
+        chunk_bytes: usize,
+    ) -> Result<SnapshotParts, PeerError> {
+        let mut parts = SnapshotParts::default();
+        let meta = build_snapshot(&self.engine(), self.range_id, chunk_bytes, &mut parts)?;
+        message.snapshot = Some(meta);
+        Ok(parts)
+    }
+
+    /// Follower side: steps a Snapshot message whose data arrived whole and verified. The data
+    /// is installed with the Ready that restores the log (or dropped if the log already holds
+    /// the snapshot's last entry).
+    ///
+    /// # Errors
+    /// [`PeerError::SnapshotMismatch`] when the data is not the message's snapshot.
+    pub fn step_snapshot(
+        &mut self,
+        message: Message,
+        data: ReceivedSnapshot,
+    ) -> Result<(), PeerError> {
+        let message_index = message.snapshot.as_ref().map_or(0, |s| s.index);
+        if data.metadata().index != message_index {
+            return Err(PeerError::SnapshotMismatch {
+                range_id: self.range_id,
+                data_index: data.metadata().index,
+                message_index,
+            });
+        }
+        self.raw.step(message)?;
+        self.pending_snapshot = Some(data);
+        Ok(())
+    }
+
+    /// Releases the log up to the applied index (its state is in the state machine and goes
+    /// out as a snapshot); written with the next round.
+    ///
+    /// # Errors
+    /// [`PeerError::Compact`] when there is nothing to release.
+    pub fn compact_to_applied(&mut self) -> Result<(), PeerError> {
+        let state = self.applier.apply_state();
+        let meta = SnapshotMetadata {
+            index: state.applied_index,
+            term: state.applied_term,
+            conf_state: state.conf_state.clone(),
+        };
+        self.raw.compact(&meta)?;
+        Ok(())
     }
 
     pub fn range_id(&self) -> u64 {
@@ -123,11 +199,18 @@ impl Peer {
             return Ok(None);
         }
         let mut ready = self.raw.ready()?;
-        if ready.snapshot.is_some() {
-            return Err(PeerError::SnapshotUnsupported(self.range_id));
-        }
+        let snapshot = match &ready.snapshot {
+            Some(_) => Some(
+                self.pending_snapshot
+                    .take()
+                    .ok_or(PeerError::SnapshotMissing(self.range_id))?,
+            ),
+            None => None,
+        };
         let now = std::mem::take(&mut ready.messages);
-        self.raw.store_mut().stage_ready(batch, &ready, None)?;
+        self.raw
+            .store_mut()
+            .stage_ready(batch, &ready, snapshot.as_ref())?;
         Ok(Some((ready, now)))
     }
 
@@ -138,6 +221,10 @@ impl Peer {
     /// [`PeerError`]; the replica must stop.
     pub fn finish(&mut self, mut ready: Ready) -> Result<RoundOutput, PeerError> {
         let messages = std::mem::take(&mut ready.persisted_messages);
+        if ready.snapshot.is_some() {
+            // The install replaced the state machine's rows and apply state on disk.
+            self.applier = RangeApplier::load(self.engine(), self.range_id, self.kv.clone())?;
+        }
         let applied = self
             .applier
             .apply(&ready.committed_entries, ready.conf_state.as_ref())?;
