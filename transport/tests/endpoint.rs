@@ -137,6 +137,19 @@ fn heartbeat(range_id: u64, from: u64, to: u64) -> RangeMessage {
     }
 }
 
+/// A bare QUIC connection to node 2 (`b`) with `tls`, for sending hand-made frames.
+async fn raw_connect(tls: &TlsConfig, b: &Node) -> (quinn::Endpoint, quinn::Connection) {
+    let mut endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
+    endpoint.set_default_client_config(tls::client_config(tls).expect("client config"));
+    let conn = endpoint
+        .connect(addr(b), &tls::node_name("c1", 2))
+        .expect("connect")
+        .await
+        .expect("handshake");
+    (endpoint, conn)
+}
+
 fn mesh(nodes: &[&Node]) {
     for a in nodes {
         for b in nodes {
@@ -275,15 +288,7 @@ async fn bad_frames_close_their_stream_only() {
         },
         &ca.issue_node(2, &[]).expect("cert"),
     );
-    let tls = ca.issue_node(1, &[]).expect("cert");
-    let mut endpoint =
-        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
-    endpoint.set_default_client_config(tls::client_config(&tls).expect("client config"));
-    let conn = endpoint
-        .connect(addr(&b), &tls::node_name("c1", 2))
-        .expect("connect")
-        .await
-        .expect("handshake");
+    let (_endpoint, conn) = raw_connect(&ca.issue_node(1, &[]).expect("cert"), &b).await;
     let hello = frame::encode(
         &Hello {
             cluster_id: "c1".into(),
@@ -488,14 +493,8 @@ async fn impostors_are_refused() {
     ];
     for (i, (tls, claimed)) in cases.into_iter().enumerate() {
         let before = Stats::get(&b.transport.stats().handshake_failures);
-        let mut endpoint =
-            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
-        endpoint.set_default_client_config(tls::client_config(&tls).expect("client config"));
-        let conn = endpoint
-            .connect(addr(&b), &tls::node_name("c1", 2))
-            .expect("connect")
-            .await
-            .expect("the TLS handshake itself succeeds: the certificate is the cluster's");
+        // The TLS handshake itself succeeds: the certificate is the cluster's.
+        let (_endpoint, conn) = raw_connect(&tls, &b).await;
         let hello = Hello {
             cluster_id: "c1".into(),
             node_id: claimed,

@@ -16,6 +16,14 @@ fn entries(first: u64, last: u64, term: u64) -> Vec<Entry> {
         .collect()
 }
 
+/// One synced round for one range.
+fn persist(engine: &Engine, log: &mut RangeLog, entries: &[Entry], hard_state: Option<&HardState>) {
+    let mut batch = LogBatch::new();
+    log.stage(&mut batch, None, entries, hard_state)
+        .expect("stage");
+    batch.commit(engine).expect("commit");
+}
+
 fn hs(term: u64, commit: u64) -> HardState {
     HardState {
         term,
@@ -76,14 +84,8 @@ fn a_conflicting_append_replaces_the_suffix_on_disk() {
     let (mut log, _) = create_ranges(&engine, &[descriptor(5, b"", b"")])
         .pop()
         .expect("range");
-    let mut batch = LogBatch::new();
-    log.stage(&mut batch, None, &entries(1, 10, 1), Some(&hs(1, 2)))
-        .expect("stage");
-    batch.commit(&engine).expect("commit");
-    let mut batch = LogBatch::new();
-    log.stage(&mut batch, None, &entries(4, 6, 2), Some(&hs(2, 2)))
-        .expect("stage");
-    batch.commit(&engine).expect("commit");
+    persist(&engine, &mut log, &entries(1, 10, 1), Some(&hs(1, 2)));
+    persist(&engine, &mut log, &entries(4, 6, 2), Some(&hs(2, 2)));
     let expected: Vec<Entry> = entries(1, 3, 1)
         .into_iter()
         .chain(entries(4, 6, 2))
@@ -136,10 +138,7 @@ fn compaction_is_persisted_with_the_next_round() {
     let (mut log, _) = create_ranges(&engine, &[descriptor(5, b"", b"")])
         .pop()
         .expect("range");
-    let mut batch = LogBatch::new();
-    log.stage(&mut batch, None, &entries(1, 10, 1), Some(&hs(1, 10)))
-        .expect("stage");
-    batch.commit(&engine).expect("commit");
+    persist(&engine, &mut log, &entries(1, 10, 1), Some(&hs(1, 10)));
     let meta = SnapshotMetadata {
         index: 6,
         term: 1,
