@@ -1,7 +1,10 @@
-//! The node runtime (DESIGN section 7). For now one piece of it: [`Peer`], one range replica
-//! driving its Raft group over the node's storage and state machine. The poller threads, the
-//! routing of messages and the `Store` that hosts many peers arrive with the node issue.
+//! The node runtime (DESIGN section 7). For now its deterministic core: [`Peer`], one range
+//! replica driving its Raft group over the node's storage and state machine, and [`Store`], the
+//! replicas of one node run in rounds with one group-commit write each. The poller threads, the
+//! transport sink, the client service and the binary arrive with the node issue.
 
 mod peer;
+mod replicas;
 
 pub use self::peer::{Peer, PeerError, RoundOutput};
+pub use self::replicas::{Store, StoreRound};

@@ -318,3 +318,203 @@ fn a_lagging_replica_catches_up_by_snapshot() {
         assert_eq!(value(n, "k3"), value(&nodes[0], "k3"));
     }
 }
+
+mod multi {
+    //! Many ranges per node through `Store`: one synced write per node per round, however many
+    //! ranges have work.
+
+    use std::collections::BTreeMap;
+
+    use flotilla_engine::store::Store;
+    use flotilla_transport::meta::Replica;
+
+    use super::*;
+
+    const RANGES: u64 = 50;
+
+    fn descriptor_of(range: u64) -> RangeDescriptor {
+        let start = format!("r{range:03}");
+        let end = format!("r{:03}", range + 1);
+        RangeDescriptor {
+            id: range,
+            start_key: keys::data_key(start.as_bytes()).into(),
+            end_key: keys::data_key(end.as_bytes()).into(),
+            epoch: Some(RangeEpoch {
+                version: 1,
+                conf_ver: 1,
+            }),
+            replicas: (1..=3)
+                .map(|node| Replica {
+                    node_id: node,
+                    replica_id: range * 10 + node,
+                    role: 0,
+                })
+                .collect(),
+        }
+    }
+
+    fn open_store(dir: &std::path::Path, node: u64) -> Store {
+        let engine = Engine::open(&EngineConfig::new(dir, "store-test", node)).expect("engine");
+        Store::open(engine, node, Config::default(), KvConfig::default()).expect("store")
+    }
+
+    /// A round on every store; messages delivered for the next round. Returns applied
+    /// (node, range, index) and checks one synced write per store per round.
+    fn rounds(
+        stores: &mut [Store],
+        wire: &mut Vec<(u64, u64, Message)>,
+        tick: bool,
+        widest: &mut usize,
+    ) -> Vec<(u64, u64, u64)> {
+        for (node, range, m) in wire.drain(..) {
+            stores[node as usize - 1].step(range, m).expect("step");
+        }
+        let mut applied = Vec::new();
+        for s in stores.iter_mut() {
+            if tick {
+                s.tick().expect("tick");
+            }
+            let before = s.engine().synced_writes();
+            let out = s.round().expect("round");
+            assert!(
+                s.engine().synced_writes() - before <= 1,
+                "one synced write per round"
+            );
+            *widest = (*widest).max(out.ranges_persisted);
+            for (node, messages) in out.outbox {
+                wire.extend(messages.into_iter().map(|(range, m)| (node, range, m)));
+            }
+            applied.extend(
+                out.applied
+                    .iter()
+                    .map(|(range, a)| (s.node_id(), *range, a.index)),
+            );
+        }
+        applied
+    }
+
+    fn put_in(range: u64, seq: u64) -> Bytes {
+        RaftCommand {
+            header: Some(CommandHeader {
+                range_id: range,
+                epoch: descriptor_of(range).epoch,
+                client_id: 0,
+                seq: 0,
+                first_unacked_seq: 0,
+                session_start_ms: 1,
+                proposed_at_ms: 1 + seq,
+            }),
+            request: Some(WriteRequest {
+                request: Some(write_request::Request::Put(PutRequest {
+                    key: format!("r{range:03}/key").into_bytes().into(),
+                    value: format!("value {seq}").into_bytes().into(),
+                    prev_kv: false,
+                })),
+            }),
+        }
+        .encode_to_vec()
+        .into()
+    }
+
+    #[test]
+    fn fifty_ranges_on_three_stores_share_one_fsync_per_round() {
+        let dirs: Vec<tempfile::TempDir> = (0..3)
+            .map(|_| tempfile::tempdir().expect("tempdir"))
+            .collect();
+        let mut stores: Vec<Store> = (1..=3)
+            .map(|n| open_store(dirs[n as usize - 1].path(), n))
+            .collect();
+        let initial = SnapshotMetadata {
+            index: 0,
+            term: 0,
+            conf_state: Some(ConfState::default()),
+        };
+        for s in stores.iter_mut() {
+            for range in 1..=RANGES {
+                let d = descriptor_of(range);
+                let initial = SnapshotMetadata {
+                    conf_state: Some(ConfState {
+                        voters: d.replicas.iter().map(|r| r.replica_id).collect(),
+                        ..ConfState::default()
+                    }),
+                    ..initial.clone()
+                };
+                s.create_range(&d, &initial).expect("create");
+            }
+        }
+        let mut wire = Vec::new();
+        // Elections everywhere.
+        let mut leaders: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut widest = 0;
+        for _ in 0..300 {
+            rounds(&mut stores, &mut wire, true, &mut widest);
+            leaders.clear();
+            for s in stores.iter_mut() {
+                let ids: Vec<u64> = s.range_ids().collect();
+                for range in ids {
+                    if s.peer_mut(range).expect("peer").raft().status().role == Role::Leader {
+                        leaders.insert(range, s.node_id());
+                    }
+                }
+            }
+            if leaders.len() == RANGES as usize {
+                break;
+            }
+        }
+        assert_eq!(leaders.len(), RANGES as usize, "a leader for every range");
+        // One write to every range at once: they commit together, in shared rounds.
+        let mut wanted = BTreeMap::new();
+        for (&range, &node) in &leaders {
+            let peer = stores[node as usize - 1].peer_mut(range).expect("peer");
+            let (_, index) = peer.raft().propose(put_in(range, 1)).expect("propose");
+            wanted.insert(range, index);
+        }
+        let mut done = std::collections::BTreeSet::new();
+        widest = 0;
+        for _ in 0..50 {
+            // Followers learn the commit index from the next heartbeat: time goes on.
+            for (node, range, index) in rounds(&mut stores, &mut wire, true, &mut widest) {
+                if wanted.get(&range) == Some(&index) {
+                    done.insert((node, range));
+                }
+            }
+            if done.len() == 3 * RANGES as usize {
+                break;
+            }
+        }
+        assert_eq!(
+            done.len(),
+            3 * RANGES as usize,
+            "every write applied on every node"
+        );
+        assert!(
+            widest >= RANGES as usize / 3,
+            "ranges share rounds: at most {widest} in one"
+        );
+        // Restart every store from disk: all ranges come back with their data.
+        drop(stores);
+        let stores: Vec<Store> = (1..=3)
+            .map(|n| open_store(dirs[n as usize - 1].path(), n))
+            .collect();
+        for s in &stores {
+            assert_eq!(s.range_ids().count(), RANGES as usize);
+            for range in 1..=RANGES {
+                let got = kv::get(
+                    s.engine(),
+                    &descriptor_of(range),
+                    format!("r{range:03}/key").as_bytes(),
+                    &KvConfig::default(),
+                )
+                .expect("get")
+                .kv
+                .map(|kv| kv.value);
+                assert_eq!(
+                    got.as_deref(),
+                    Some(&b"value 1"[..]),
+                    "node {} range {range}",
+                    s.node_id()
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! `Store`: the replicas of one node over its one engine, driven in rounds. This is the
+//! deterministic heart the poller threads will run (issue 6): no threads, no clock, no network
+//! here; the caller feeds messages and ticks and carries the output away.
+//!
+//! A round: every peer with work stages its `Ready` into ONE `LogBatch` (ranges in id order, so
+//! RocksDB inserts along its sequential splice), the batch is written with one fsync, then every
+//! peer finishes (messages that promised durability, apply, advance). Outgoing messages are
+//! grouped by destination node for the transport's one-frame-per-node batches.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use flotilla_transport::meta::RangeDescriptor;
+use flotilla_transport::raft::{Message, SnapshotMetadata};
+
+use super::peer::{Peer, PeerError};
+use crate::kv::{Applied, KvConfig};
+use crate::raft::Config;
+use crate::storage::{Engine, LogBatch};
+
+/// What one round produced.
+#[derive(Debug, Default)]
+pub struct StoreRound {
+    /// Messages by destination replica id's node, each with its range id.
+    pub outbox: BTreeMap<u64, Vec<(u64, Message)>>,
+    /// Commands applied, by range.
+    pub applied: Vec<(u64, Applied)>,
+    /// Ranges that took part in the round's one synced write.
+    pub ranges_persisted: usize,
+}
+
+/// The replicas hosted by one node.
+pub struct Store {
+    engine: Arc<Engine>,
+    node_id: u64,
+    raft: Config,
+    kv: KvConfig,
+    peers: BTreeMap<u64, Peer>,
+    /// Replica id -> node id, from the descriptors (ids of replicas are unique cluster-wide).
+    nodes_of_replicas: BTreeMap<u64, u64>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("node_id", &self.node_id)
+            .field("ranges", &self.peers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens every range on `engine`. `raft` is the template of each replica's config (its
+    /// `id` and `seed` are set per replica).
+    ///
+    /// # Errors
+    /// [`PeerError`] for a damaged range.
+    pub fn open(
+        engine: Arc<Engine>,
+        node_id: u64,
+        raft: Config,
+        kv: KvConfig,
+    ) -> Result<Self, PeerError> {
+        let mut store = Self {
+            engine: engine.clone(),
+            node_id,
+            raft,
+            kv,
+            peers: BTreeMap::new(),
+            nodes_of_replicas: BTreeMap::new(),
+        };
+        for range_id in engine.range_ids()? {
+            let descriptor = engine
+                .descriptor(range_id)?
+                .ok_or(crate::storage::EngineError::RangeNotFound(range_id))?;
+            store.add_peer(&descriptor, None)?;
+        }
+        Ok(store)
+    }
+
+    /// Creates a range on this node (bootstrap, or a new replica) and starts its peer.
+    ///
+    /// # Errors
+    /// [`PeerError`] when the range exists or the descriptor does not name this node.
+    pub fn create_range(
+        &mut self,
+        descriptor: &RangeDescriptor,
+        initial: &SnapshotMetadata,
+    ) -> Result<(), PeerError> {
+        self.add_peer(descriptor, Some(initial))
+    }
+
+    fn add_peer(
+        &mut self,
+        descriptor: &RangeDescriptor,
+        create: Option<&SnapshotMetadata>,
+    ) -> Result<(), PeerError> {
+        let replica = descriptor
+            .replicas
+            .iter()
+            .find(|r| r.node_id == self.node_id)
+            .ok_or_else(|| {
+                crate::storage::EngineError::corruption(
+                    descriptor.id,
+                    "descriptor",
+                    format!("no replica on node {}", self.node_id),
+                )
+            })?;
+        for r in &descriptor.replicas {
+            self.nodes_of_replicas.insert(r.replica_id, r.node_id);
+        }
+        let config = Config {
+            id: replica.replica_id,
+            seed: self.raft.seed
+                ^ descriptor.id.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                ^ replica.replica_id,
+            ..self.raft.clone()
+        };
+        let peer = match create {
+            Some(initial) => {
+                Peer::create(&self.engine, descriptor, initial, config, self.kv.clone())?
+            }
+            None => Peer::open(&self.engine, descriptor.id, config, self.kv.clone())?,
+        };
+        self.peers.insert(descriptor.id, peer);
+        Ok(())
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    pub fn peer_mut(&mut self, range_id: u64) -> Option<&mut Peer> {
+        self.peers.get_mut(&range_id)
+    }
+
+    pub fn range_ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.peers.keys().copied()
+    }
+
+    /// Ticks every replica.
+    ///
+    /// # Errors
+    /// [`PeerError`] if a replica's storage failed.
+    pub fn tick(&mut self) -> Result<(), PeerError> {
+        for peer in self.peers.values_mut() {
+            peer.raft().tick()?;
+        }
+        Ok(())
+    }
+
+    /// Hands a message to the replica of `range_id`. Messages for ranges this node does not
+    /// host are dropped (the sender retries; creating replicas is placement's job).
+    ///
+    /// # Errors
+    /// [`PeerError`] if the replica's storage failed.
+    pub fn step(&mut self, range_id: u64, message: Message) -> Result<bool, PeerError> {
+        match self.peers.get_mut(&range_id) {
+            Some(peer) => {
+                match peer.raft().step(message) {
+                    Ok(()) => {}
+                    // A malformed message from a peer is refused, not fatal.
+                    Err(crate::raft::Error::InvalidMessage(_)) => return Ok(false),
+                    Err(e) => return Err(e.into()),
+                }
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn route(&self, out: &mut StoreRound, range_id: u64, messages: Vec<Message>) {
+        for m in messages {
+            let node = self.nodes_of_replicas.get(&m.to).copied().unwrap_or(0);
+            out.outbox.entry(node).or_default().push((range_id, m));
+        }
+    }
+
+    /// One round over every replica with work: one synced write for all of them.
+    ///
+    /// # Errors
+    /// [`PeerError`]; the node must stop (its storage may be halted).
+    pub fn round(&mut self) -> Result<StoreRound, PeerError> {
+        let mut out = StoreRound::default();
+        let mut batch = LogBatch::new();
+        let mut readies = Vec::new();
+        let ids: Vec<u64> = self.peers.keys().copied().collect();
+        for range_id in &ids {
+            let peer = self.peers.get_mut(range_id).expect("ids come from the map");
+            if let Some((ready, now)) = peer.stage(&mut batch)? {
+                readies.push((*range_id, ready));
+                self.route(&mut out, *range_id, now);
+            }
+        }
+        out.ranges_persisted = batch.ranges();
+        batch.commit(&self.engine)?;
+        for (range_id, ready) in readies {
+            let peer = self.peers.get_mut(&range_id).expect("staged above");
+            let finished = peer.finish(ready)?;
+            self.route(&mut out, range_id, finished.messages);
+            out.applied
+                .extend(finished.applied.into_iter().map(|a| (range_id, a)));
+        }
+        Ok(out)
+    }
+}
