@@ -16,7 +16,7 @@ use flotilla_transport::meta::RangeDescriptor;
 use flotilla_transport::raft::{Message, SnapshotMetadata};
 
 use crate::kv::{Applied, KvConfig, RangeApplier};
-use crate::raft::{CompactError, Config, RawNode, Ready};
+use crate::raft::{CompactError, Config, RawNode, ReadState, Ready};
 use crate::storage::{
     build_snapshot, Engine, EngineError, LogBatch, RangeLog, ReceivedSnapshot, SnapshotParts,
 };
@@ -47,6 +47,8 @@ pub struct RoundOutput {
     pub messages: Vec<Message>,
     /// Commands applied in this round, with their responses.
     pub applied: Vec<Applied>,
+    /// Reads confirmed by a quorum (ReadIndex): serve each once the applied index reaches it.
+    pub reads: Vec<ReadState>,
 }
 
 /// One range replica on this node.
@@ -221,6 +223,7 @@ impl Peer {
     /// [`PeerError`]; the replica must stop.
     pub fn finish(&mut self, mut ready: Ready) -> Result<RoundOutput, PeerError> {
         let messages = std::mem::take(&mut ready.persisted_messages);
+        let reads = std::mem::take(&mut ready.read_states);
         if ready.snapshot.is_some() {
             // The install replaced the state machine's rows and apply state on disk.
             self.applier = RangeApplier::load(self.engine(), self.range_id, self.kv.clone())?;
@@ -229,7 +232,11 @@ impl Peer {
             .applier
             .apply(&ready.committed_entries, ready.conf_state.as_ref())?;
         self.raw.advance(ready)?;
-        Ok(RoundOutput { messages, applied })
+        Ok(RoundOutput {
+            messages,
+            applied,
+            reads,
+        })
     }
 
     /// The response recorded for the command applied at `index` in this round, if any.

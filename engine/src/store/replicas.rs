@@ -15,7 +15,7 @@ use flotilla_transport::raft::{Message, SnapshotMetadata};
 
 use super::peer::{Peer, PeerError};
 use crate::kv::{Applied, KvConfig};
-use crate::raft::Config;
+use crate::raft::{Config, ReadState};
 use crate::storage::{Engine, LogBatch};
 
 /// What one round produced.
@@ -25,6 +25,8 @@ pub struct StoreRound {
     pub outbox: BTreeMap<u64, Vec<(u64, Message)>>,
     /// Commands applied, by range.
     pub applied: Vec<(u64, Applied)>,
+    /// Reads confirmed by a quorum, by range: serve each once that range applied up to it.
+    pub reads: Vec<(u64, ReadState)>,
     /// Ranges that took part in the round's one synced write.
     pub ranges_persisted: usize,
 }
@@ -204,6 +206,8 @@ impl Store {
             self.route(&mut out, range_id, finished.messages);
             out.applied
                 .extend(finished.applied.into_iter().map(|a| (range_id, a)));
+            out.reads
+                .extend(finished.reads.into_iter().map(|r| (range_id, r)));
         }
         Ok(out)
     }

@@ -87,6 +87,16 @@ fn round_isolating(
     wire: &mut VecDeque<Message>,
     isolated: Option<u64>,
 ) -> Vec<(u64, flotilla_engine::kv::Applied)> {
+    round_collect(nodes, wire, isolated, &mut Vec::new())
+}
+
+/// A round that also collects the confirmed reads, as `(node, read)`.
+fn round_collect(
+    nodes: &mut [Node],
+    wire: &mut VecDeque<Message>,
+    isolated: Option<u64>,
+    reads: &mut Vec<(u64, flotilla_engine::raft::ReadState)>,
+) -> Vec<(u64, flotilla_engine::kv::Applied)> {
     let mut applied = Vec::new();
     while let Some(mut m) = wire.pop_front() {
         if isolated.is_some_and(|n| n == m.to || n == m.from) {
@@ -118,6 +128,7 @@ fn round_isolating(
         let out = n.peer.finish(ready).expect("finish");
         wire.extend(out.messages);
         applied.extend(out.applied.into_iter().map(|a| (i as u64 + 1, a)));
+        reads.extend(out.reads.into_iter().map(|r| (i as u64 + 1, r)));
     }
     applied
 }
@@ -517,4 +528,64 @@ mod multi {
             }
         }
     }
+}
+
+/// A follower read (ReadIndex confirmed through the leader, served by the follower once it
+/// applied up to the read index) sees the latest acknowledged write (TESTING.md bug class 1).
+#[test]
+fn a_follower_read_sees_the_latest_write() {
+    let dirs: Vec<tempfile::TempDir> = (0..3)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|id| open_node(dirs[id as usize - 1].path(), id, true))
+        .collect();
+    let mut wire = VecDeque::new();
+    write(&mut nodes, &mut wire, put("x", "1", 1));
+    let l = elect(&mut nodes, &mut wire);
+    let follower = (l + 1) % 3;
+    // The write is acknowledged once the leader applied it; the follower may lag.
+    let (_, index) = nodes[l]
+        .peer
+        .raft()
+        .propose(put("x", "2", 2))
+        .expect("propose");
+    for _ in 0..20 {
+        round(&mut nodes, &mut wire);
+        if nodes[l].peer.applier().applied_index() >= index {
+            break;
+        }
+    }
+    assert_eq!(value(&nodes[l], "x").map(|v| v.0), Some("2".into()));
+    nodes[follower]
+        .peer
+        .raft()
+        .read_index(Bytes::from_static(b"read-1"))
+        .expect("read index");
+    let mut reads = Vec::new();
+    let mut served = None;
+    for _ in 0..100 {
+        for n in nodes.iter_mut() {
+            n.peer.raft().tick().expect("tick");
+        }
+        round_collect(&mut nodes, &mut wire, None, &mut reads);
+        if let Some((_, r)) = reads
+            .iter()
+            .find(|(n, r)| *n == follower as u64 + 1 && r.context.as_ref() == b"read-1")
+        {
+            assert!(
+                r.index >= index,
+                "the read index covers the acknowledged write"
+            );
+            if nodes[follower].peer.applier().applied_index() >= r.index {
+                served = value(&nodes[follower], "x").map(|v| v.0);
+                break;
+            }
+        }
+    }
+    assert_eq!(
+        served,
+        Some("2".into()),
+        "the follower read sees the latest write"
+    );
 }
