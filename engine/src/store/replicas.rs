@@ -10,12 +10,15 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
+use flotilla_transport::kv::{CommandHeader, RaftCommand, WriteRequest};
 use flotilla_transport::meta::RangeDescriptor;
 use flotilla_transport::raft::{Message, SnapshotMetadata};
+use prost::Message as _;
 
 use super::peer::{Peer, PeerError};
-use crate::kv::{Applied, KvConfig};
-use crate::raft::{Config, ReadState};
+use crate::kv::{check_write, Applied, KvConfig, KvError};
+use crate::raft::{Config, ProposeError, ReadState};
 use crate::storage::{Engine, LogBatch};
 
 /// What one round produced.
@@ -29,6 +32,30 @@ pub struct StoreRound {
     pub reads: Vec<(u64, ReadState)>,
     /// Ranges that took part in the round's one synced write.
     pub ranges_persisted: usize,
+}
+
+/// Why a write was not proposed. Nothing was appended; the client may act on each.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ProposeRefused {
+    /// This replica does not lead: the hint names the node that does, if known.
+    #[error("range {range_id}: not the leader (leader on node {leader_node:?})")]
+    NotLeader {
+        range_id: u64,
+        leader_node: Option<u64>,
+    },
+    /// Routing, limits and malformed requests, checked against the current descriptor.
+    #[error(transparent)]
+    Kv(#[from] KvError),
+    #[error("range {range_id}: busy ({reason})")]
+    Busy { range_id: u64, reason: String },
+}
+
+/// A proposed write: it succeeded if the entry applied at `index` has this `term`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ticket {
+    pub range_id: u64,
+    pub term: u64,
+    pub index: u64,
 }
 
 /// The replicas hosted by one node.
@@ -172,6 +199,59 @@ impl Store {
                 Ok(true)
             }
             None => Ok(false),
+        }
+    }
+
+    /// Proposes a client write to the replica of `header.range_id`: checked against the range's
+    /// current descriptor first (routing errors and limits never reach the log), stamped with
+    /// `now_ms` (the leader's clock, the only one the state machine sees).
+    ///
+    /// # Errors
+    /// [`ProposeRefused`] with what the client should do; nothing was appended.
+    pub fn propose_write(
+        &mut self,
+        mut header: CommandHeader,
+        request: WriteRequest,
+        now_ms: u64,
+    ) -> Result<Ticket, ProposeRefused> {
+        let range_id = header.range_id;
+        let Some(peer) = self.peers.get_mut(&range_id) else {
+            return Err(KvError::RangeNotFound(range_id).into());
+        };
+        let descriptor = peer.applier().descriptor().clone();
+        let current_version = descriptor.epoch.map(|e| e.version).unwrap_or_default();
+        let requested = header.epoch.map(|e| e.version).unwrap_or_default();
+        if requested != current_version {
+            return Err(KvError::EpochNotMatch {
+                range_id,
+                requested,
+                current_version,
+                current: Box::new(descriptor),
+            }
+            .into());
+        }
+        check_write(&descriptor, &request, peer.applier().config())?;
+        header.proposed_at_ms = now_ms;
+        let data: Bytes = RaftCommand {
+            header: Some(header),
+            request: Some(request),
+        }
+        .encode_to_vec()
+        .into();
+        match peer.raft().propose(data) {
+            Ok((term, index)) => Ok(Ticket {
+                range_id,
+                term,
+                index,
+            }),
+            Err(ProposeError::NotLeader { leader }) => Err(ProposeRefused::NotLeader {
+                range_id,
+                leader_node: leader.and_then(|r| self.nodes_of_replicas.get(&r).copied()),
+            }),
+            Err(e) => Err(ProposeRefused::Busy {
+                range_id,
+                reason: e.to_string(),
+            }),
         }
     }
 

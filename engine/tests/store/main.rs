@@ -427,6 +427,86 @@ mod multi {
         .into()
     }
 
+    fn header_for(range: u64) -> CommandHeader {
+        CommandHeader {
+            range_id: range,
+            epoch: descriptor_of(range).epoch,
+            ..CommandHeader::default()
+        }
+    }
+
+    fn put_request(key: &str, value_bytes: usize) -> WriteRequest {
+        WriteRequest {
+            request: Some(write_request::Request::Put(PutRequest {
+                key: key.as_bytes().to_vec().into(),
+                value: vec![b'v'; value_bytes].into(),
+                prev_kv: false,
+            })),
+        }
+    }
+
+    /// Bad writes are refused before the log with typed errors; a follower names the leader.
+    fn refusals(stores: &mut [Store], leaders: &BTreeMap<u64, u64>) {
+        use flotilla_engine::kv::KvError;
+        use flotilla_engine::store::ProposeRefused;
+        let leader = leaders[&7];
+        let follower = if leader == 1 { 2 } else { 1 };
+        let l = &mut stores[leader as usize - 1];
+        let ticket = l
+            .propose_write(header_for(7), put_request("r007/ok", 10), 5)
+            .expect("a good write");
+        assert_eq!(ticket.range_id, 7);
+        let cases: Vec<(CommandHeader, WriteRequest, &str)> = vec![
+            (header_for(999), put_request("r999/x", 1), "range not found"),
+            (header_for(7), put_request("r008/x", 1), "key not in range"),
+            (
+                CommandHeader {
+                    epoch: Some(RangeEpoch {
+                        version: 0,
+                        conf_ver: 1,
+                    }),
+                    ..header_for(7)
+                },
+                put_request("r007/x", 1),
+                "epoch",
+            ),
+            (
+                header_for(7),
+                put_request("r007/x", (8 << 20) + 1),
+                "value too large",
+            ),
+            (header_for(7), WriteRequest::default(), "malformed"),
+        ];
+        for (header, request, what) in cases {
+            let e = l.propose_write(header, request, 5).expect_err(what);
+            let ok = matches!(
+                (&e, what),
+                (
+                    ProposeRefused::Kv(KvError::RangeNotFound(999)),
+                    "range not found"
+                ) | (
+                    ProposeRefused::Kv(KvError::KeyNotInRange { range_id: 7, .. }),
+                    "key not in range"
+                ) | (
+                    ProposeRefused::Kv(KvError::EpochNotMatch { range_id: 7, .. }),
+                    "epoch"
+                ) | (
+                    ProposeRefused::Kv(KvError::ValueTooLarge { .. }),
+                    "value too large"
+                ) | (ProposeRefused::Kv(KvError::Malformed(_)), "malformed")
+            );
+            assert!(ok, "{what}: {e:?}");
+        }
+        let f = &mut stores[follower as usize - 1];
+        assert_eq!(
+            f.propose_write(header_for(7), put_request("r007/x", 1), 5),
+            Err(ProposeRefused::NotLeader {
+                range_id: 7,
+                leader_node: Some(leader)
+            })
+        );
+    }
+
     #[test]
     fn fifty_ranges_on_three_stores_share_one_fsync_per_round() {
         let dirs: Vec<tempfile::TempDir> = (0..3)
@@ -498,6 +578,7 @@ mod multi {
             3 * RANGES as usize,
             "every write applied on every node"
         );
+        refusals(&mut stores, &leaders);
         assert!(
             widest >= RANGES as usize / 3,
             "ranges share rounds: at most {widest} in one"
