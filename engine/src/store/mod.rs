@@ -7,4 +7,4 @@ mod peer;
 mod replicas;
 
 pub use self::peer::{Peer, PeerError, RoundOutput};
-pub use self::replicas::{ProposeRefused, Store, StoreRound, Ticket};
+pub use self::replicas::{Outcome, ProposeRefused, Store, StoreRound, Ticket};

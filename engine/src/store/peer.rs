@@ -49,6 +49,9 @@ pub struct RoundOutput {
     pub applied: Vec<Applied>,
     /// Reads confirmed by a quorum (ReadIndex): serve each once the applied index reaches it.
     pub reads: Vec<ReadState>,
+    /// `(index, term)` of every entry handed to apply in this round (commands, no-ops and
+    /// membership changes alike), for matching proposals.
+    pub committed: Vec<(u64, u64)>,
 }
 
 /// One range replica on this node.
@@ -224,6 +227,11 @@ impl Peer {
     pub fn finish(&mut self, mut ready: Ready) -> Result<RoundOutput, PeerError> {
         let messages = std::mem::take(&mut ready.persisted_messages);
         let reads = std::mem::take(&mut ready.read_states);
+        let committed = ready
+            .committed_entries
+            .iter()
+            .map(|e| (e.index, e.term))
+            .collect();
         if ready.snapshot.is_some() {
             // The install replaced the state machine's rows and apply state on disk.
             self.applier = RangeApplier::load(self.engine(), self.range_id, self.kv.clone())?;
@@ -236,6 +244,7 @@ impl Peer {
             messages,
             applied,
             reads,
+            committed,
         })
     }
 

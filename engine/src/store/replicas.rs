@@ -16,7 +16,7 @@ use flotilla_transport::meta::RangeDescriptor;
 use flotilla_transport::raft::{Message, SnapshotMetadata};
 use prost::Message as _;
 
-use super::peer::{Peer, PeerError};
+use super::peer::{Peer, PeerError, RoundOutput};
 use crate::kv::{check_write, Applied, KvConfig, KvError};
 use crate::raft::{Config, ProposeError, ReadState};
 use crate::storage::{Engine, LogBatch};
@@ -30,6 +30,8 @@ pub struct StoreRound {
     pub applied: Vec<(u64, Applied)>,
     /// Reads confirmed by a quorum, by range: serve each once that range applied up to it.
     pub reads: Vec<(u64, ReadState)>,
+    /// Proposals of this node that ended in this round.
+    pub completed: Vec<(Ticket, Outcome)>,
     /// Ranges that took part in the round's one synced write.
     pub ranges_persisted: usize,
 }
@@ -50,6 +52,18 @@ pub enum ProposeRefused {
     Busy { range_id: u64, reason: String },
 }
 
+/// How a proposed write ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// Applied; the state machine's response (which may be a typed refusal from apply).
+    Applied(flotilla_transport::kv::WriteResponse),
+    /// Certainly not applied: another entry was committed at its index (leadership changed).
+    Dropped,
+    /// Covered by a snapshot this replica installed: it may or may not have applied. A retry
+    /// with the same `(client_id, seq)` gets the recorded response if it did.
+    Unknown,
+}
+
 /// A proposed write: it succeeded if the entry applied at `index` has this `term`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ticket {
@@ -67,6 +81,8 @@ pub struct Store {
     peers: BTreeMap<u64, Peer>,
     /// Replica id -> node id, from the descriptors (ids of replicas are unique cluster-wide).
     nodes_of_replicas: BTreeMap<u64, u64>,
+    /// Proposals waiting for their index to apply: (range, index) -> term.
+    pending: BTreeMap<(u64, u64), u64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -97,6 +113,7 @@ impl Store {
             kv,
             peers: BTreeMap::new(),
             nodes_of_replicas: BTreeMap::new(),
+            pending: BTreeMap::new(),
         };
         for range_id in engine.range_ids()? {
             let descriptor = engine
@@ -239,11 +256,14 @@ impl Store {
         .encode_to_vec()
         .into();
         match peer.raft().propose(data) {
-            Ok((term, index)) => Ok(Ticket {
-                range_id,
-                term,
-                index,
-            }),
+            Ok((term, index)) => {
+                self.pending.insert((range_id, index), term);
+                Ok(Ticket {
+                    range_id,
+                    term,
+                    index,
+                })
+            }
             Err(ProposeError::NotLeader { leader }) => Err(ProposeRefused::NotLeader {
                 range_id,
                 leader_node: leader.and_then(|r| self.nodes_of_replicas.get(&r).copied()),
@@ -252,6 +272,51 @@ impl Store {
                 range_id,
                 reason: e.to_string(),
             }),
+        }
+    }
+
+    /// Ends the proposals whose index was handed to apply (or passed by a snapshot).
+    fn complete(
+        &mut self,
+        out: &mut StoreRound,
+        range_id: u64,
+        finished: &RoundOutput,
+        applied_index: u64,
+    ) {
+        for &(index, term) in &finished.committed {
+            let Some(proposed_term) = self.pending.remove(&(range_id, index)) else {
+                continue;
+            };
+            let ticket = Ticket {
+                range_id,
+                term: proposed_term,
+                index,
+            };
+            let outcome = if term != proposed_term {
+                Outcome::Dropped
+            } else {
+                match finished.applied.iter().find(|a| a.index == index) {
+                    Some(a) => Outcome::Applied(a.response.clone()),
+                    // Our own proposals are commands; an entry without a response was not one.
+                    None => Outcome::Dropped,
+                }
+            };
+            out.completed.push((ticket, outcome));
+        }
+        let passed: Vec<(u64, u64)> = self
+            .pending
+            .range((range_id, 0)..=(range_id, applied_index))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in passed {
+            if let Some(term) = self.pending.remove(&key) {
+                let ticket = Ticket {
+                    range_id,
+                    term,
+                    index: key.1,
+                };
+                out.completed.push((ticket, Outcome::Unknown));
+            }
         }
     }
 
@@ -283,6 +348,8 @@ impl Store {
         for (range_id, ready) in readies {
             let peer = self.peers.get_mut(&range_id).expect("staged above");
             let finished = peer.finish(ready)?;
+            let applied_index = peer.applier().applied_index();
+            self.complete(&mut out, range_id, &finished, applied_index);
             self.route(&mut out, range_id, finished.messages);
             out.applied
                 .extend(finished.applied.into_iter().map(|a| (range_id, a)));

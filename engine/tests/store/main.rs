@@ -336,7 +336,7 @@ mod multi {
 
     use std::collections::BTreeMap;
 
-    use flotilla_engine::store::Store;
+    use flotilla_engine::store::{Outcome, Store, Ticket};
     use flotilla_transport::meta::Replica;
 
     use super::*;
@@ -377,7 +377,26 @@ mod multi {
         tick: bool,
         widest: &mut usize,
     ) -> Vec<(u64, u64, u64)> {
+        rounds_with(stores, wire, tick, widest, None, &mut Vec::new())
+    }
+
+    /// Like `rounds`, with `isolated`'s traffic lost and the proposals that ended collected.
+    fn rounds_with(
+        stores: &mut [Store],
+        wire: &mut Vec<(u64, u64, Message)>,
+        tick: bool,
+        widest: &mut usize,
+        isolated: Option<u64>,
+        completed: &mut Vec<(u64, Ticket, Outcome)>,
+    ) -> Vec<(u64, u64, u64)> {
         for (node, range, m) in wire.drain(..) {
+            let from_node = stores
+                .iter()
+                .position(|s| s.node_id() == m.from % 10)
+                .map_or(0, |i| i as u64 + 1);
+            if isolated.is_some_and(|n| n == node || n == from_node) {
+                continue;
+            }
             stores[node as usize - 1].step(range, m).expect("step");
         }
         let mut applied = Vec::new();
@@ -400,6 +419,7 @@ mod multi {
                     .iter()
                     .map(|(range, a)| (s.node_id(), *range, a.index)),
             );
+            completed.extend(out.completed.into_iter().map(|(t, o)| (s.node_id(), t, o)));
         }
         applied
     }
@@ -607,6 +627,125 @@ mod multi {
                     s.node_id()
                 );
             }
+        }
+    }
+
+    /// A leader cut off from its followers takes a write it cannot commit; the others elect a
+    /// new leader whose entries take that index; on healing, the old leader's proposal ends as
+    /// `Dropped` (never applied), and a write through the new leader ends `Applied`.
+    #[test]
+    fn a_cut_off_leaders_proposal_is_dropped() {
+        let dirs: Vec<tempfile::TempDir> = (0..3)
+            .map(|_| tempfile::tempdir().expect("tempdir"))
+            .collect();
+        let mut stores: Vec<Store> = (1..=3)
+            .map(|n| open_store(dirs[n as usize - 1].path(), n))
+            .collect();
+        for s in stores.iter_mut() {
+            let d = descriptor_of(1);
+            let initial = SnapshotMetadata {
+                index: 0,
+                term: 0,
+                conf_state: Some(ConfState {
+                    voters: d.replicas.iter().map(|r| r.replica_id).collect(),
+                    ..ConfState::default()
+                }),
+            };
+            s.create_range(&d, &initial).expect("create");
+        }
+        let mut wire = Vec::new();
+        let mut widest = 0;
+        let mut completed = Vec::new();
+        let leader_of = |stores: &mut [Store]| {
+            stores.iter_mut().find_map(|s| {
+                let node = s.node_id();
+                (s.peer_mut(1).expect("peer").raft().status().role == Role::Leader).then_some(node)
+            })
+        };
+        let mut old = None;
+        for _ in 0..300 {
+            rounds_with(
+                &mut stores,
+                &mut wire,
+                true,
+                &mut widest,
+                None,
+                &mut completed,
+            );
+            old = leader_of(&mut stores);
+            if old.is_some() {
+                break;
+            }
+        }
+        let old = old.expect("a leader");
+        let lost = stores[old as usize - 1]
+            .propose_write(header_for(1), put_request("r001/lost", 1), 10)
+            .expect("the old leader takes it");
+        let mut new = None;
+        for _ in 0..500 {
+            rounds_with(
+                &mut stores,
+                &mut wire,
+                true,
+                &mut widest,
+                Some(old),
+                &mut completed,
+            );
+            new = stores
+                .iter_mut()
+                .filter(|s| s.node_id() != old)
+                .find_map(|s| {
+                    let node = s.node_id();
+                    (s.peer_mut(1).expect("peer").raft().status().role == Role::Leader)
+                        .then_some(node)
+                });
+            if new.is_some() {
+                break;
+            }
+        }
+        let new = new.expect("the majority elects a new leader");
+        let kept = stores[new as usize - 1]
+            .propose_write(header_for(1), put_request("r001/kept", 1), 20)
+            .expect("the new leader takes it");
+        let mut outcomes = std::collections::BTreeMap::new();
+        for _ in 0..500 {
+            rounds_with(
+                &mut stores,
+                &mut wire,
+                true,
+                &mut widest,
+                None,
+                &mut completed,
+            );
+            for (_, t, o) in completed.drain(..) {
+                outcomes.insert((t.index, t.term), o);
+            }
+            if outcomes.contains_key(&(lost.index, lost.term))
+                && outcomes.contains_key(&(kept.index, kept.term))
+            {
+                break;
+            }
+        }
+        assert_eq!(
+            outcomes.get(&(lost.index, lost.term)),
+            Some(&Outcome::Dropped)
+        );
+        assert!(matches!(
+            outcomes.get(&(kept.index, kept.term)),
+            Some(Outcome::Applied(_))
+        ));
+        for s in &stores {
+            let get = |k: &str| {
+                kv::get(
+                    s.engine(),
+                    &descriptor_of(1),
+                    k.as_bytes(),
+                    &KvConfig::default(),
+                )
+                .expect("get")
+                .kv
+            };
+            assert!(get("r001/lost").is_none(), "never applied anywhere");
         }
     }
 }
