@@ -33,6 +33,17 @@ fn descriptor() -> RangeDescriptor {
     }
 }
 
+/// Three new replicas of the range, each on its own engine in a temporary directory.
+fn new_cluster() -> (Vec<tempfile::TempDir>, Vec<Node>) {
+    let dirs: Vec<tempfile::TempDir> = (0..3)
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let nodes = (1..=3)
+        .map(|id| open_node(dirs[id as usize - 1].path(), id, true))
+        .collect();
+    (dirs, nodes)
+}
+
 fn raft_config(id: u64) -> Config {
     Config {
         id,
@@ -224,12 +235,7 @@ fn write(nodes: &mut [Node], wire: &mut VecDeque<Message>, data: Bytes) -> u64 {
 
 #[test]
 fn three_replicas_commit_apply_and_restart() {
-    let dirs: Vec<tempfile::TempDir> = (0..3)
-        .map(|_| tempfile::tempdir().expect("tempdir"))
-        .collect();
-    let mut nodes: Vec<Node> = (1..=3)
-        .map(|id| open_node(dirs[id as usize - 1].path(), id, true))
-        .collect();
+    let (dirs, mut nodes) = new_cluster();
     let mut wire = VecDeque::new();
     let mut revisions = Vec::new();
     for i in 1..=20u64 {
@@ -272,12 +278,7 @@ fn three_replicas_commit_apply_and_restart() {
 /// machine, built from RocksDB, installed atomically with its Raft state.
 #[test]
 fn a_lagging_replica_catches_up_by_snapshot() {
-    let dirs: Vec<tempfile::TempDir> = (0..3)
-        .map(|_| tempfile::tempdir().expect("tempdir"))
-        .collect();
-    let mut nodes: Vec<Node> = (1..=3)
-        .map(|id| open_node(dirs[id as usize - 1].path(), id, true))
-        .collect();
+    let (dirs, mut nodes) = new_cluster();
     let mut wire = VecDeque::new();
     write(&mut nodes, &mut wire, put("before", "1", 1));
     let l = elect(&mut nodes, &mut wire);
@@ -754,12 +755,7 @@ mod multi {
 /// applied up to the read index) sees the latest acknowledged write (TESTING.md bug class 1).
 #[test]
 fn a_follower_read_sees_the_latest_write() {
-    let dirs: Vec<tempfile::TempDir> = (0..3)
-        .map(|_| tempfile::tempdir().expect("tempdir"))
-        .collect();
-    let mut nodes: Vec<Node> = (1..=3)
-        .map(|id| open_node(dirs[id as usize - 1].path(), id, true))
-        .collect();
+    let (_dirs, mut nodes) = new_cluster();
     let mut wire = VecDeque::new();
     write(&mut nodes, &mut wire, put("x", "1", 1));
     let l = elect(&mut nodes, &mut wire);
