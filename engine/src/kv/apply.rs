@@ -24,7 +24,7 @@ use super::config::KvConfig;
 use super::error::KvError;
 use super::overlay::Overlay;
 use super::session::{self, Verdict};
-use super::validate::{check_write, internal_span};
+use super::validate::{check_command, internal_span};
 use crate::storage::{keys, Cf, Engine, EngineError};
 
 /// The outcome of one applied normal entry carrying a command.
@@ -216,7 +216,7 @@ impl RangeApplier {
             }
         }
         let request = cmd.request.unwrap_or_default();
-        let response = match self.check(&header, &request) {
+        let response = match check_command(&self.descriptor, &header, &request, &self.config) {
             Err(err) => error_response(e.index, &err),
             Ok(()) => {
                 let r = self.execute(overlay, &request, e.index)?;
@@ -228,28 +228,6 @@ impl RangeApplier {
             }
         };
         Ok(applied(response))
-    }
-
-    fn check(
-        &self,
-        header: &flotilla_transport::kv::CommandHeader,
-        request: &WriteRequest,
-    ) -> Result<(), KvError> {
-        let desc = &self.descriptor;
-        if header.range_id != desc.id {
-            return Err(KvError::RangeNotFound(header.range_id));
-        }
-        let current_version = desc.epoch.map(|e| e.version).unwrap_or_default();
-        let requested = header.epoch.map(|e| e.version).unwrap_or_default();
-        if requested != current_version {
-            return Err(KvError::EpochNotMatch {
-                range_id: desc.id,
-                requested,
-                current_version,
-                current: Box::new(desc.clone()),
-            });
-        }
-        check_write(desc, request, &self.config)
     }
 
     fn execute(

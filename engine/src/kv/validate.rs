@@ -2,7 +2,8 @@
 //! by the proposer, so most refusals never reach the log).
 
 use flotilla_transport::kv::{
-    txn_op, write_request, CompareOp, CompareTarget, DeleteRangeRequest, TxnOp, WriteRequest,
+    txn_op, write_request, CommandHeader, CompareOp, CompareTarget, DeleteRangeRequest, TxnOp,
+    WriteRequest,
 };
 use flotilla_transport::meta::RangeDescriptor;
 
@@ -107,6 +108,34 @@ fn check_txn_op(
         Some(txn_op::Op::Get(g)) => check_key(descriptor, &g.key, config),
         None => Err(KvError::Malformed("txn op without an operation".into())),
     }
+}
+
+/// Checks a whole command against the range it names: the range id, the epoch the client
+/// believes in, then every key, value and operation ([`check_write`]). The proposer runs it so
+/// refusals never reach the log; apply runs it again, as the range may have changed since.
+///
+/// # Errors
+/// The first [`KvError`] found.
+pub fn check_command(
+    descriptor: &RangeDescriptor,
+    header: &CommandHeader,
+    request: &WriteRequest,
+    config: &KvConfig,
+) -> Result<(), KvError> {
+    if header.range_id != descriptor.id {
+        return Err(KvError::RangeNotFound(header.range_id));
+    }
+    let current_version = descriptor.epoch.map(|e| e.version).unwrap_or_default();
+    let requested = header.epoch.map(|e| e.version).unwrap_or_default();
+    if requested != current_version {
+        return Err(KvError::EpochNotMatch {
+            range_id: descriptor.id,
+            requested,
+            current_version,
+            current: Box::new(descriptor.clone()),
+        });
+    }
+    check_write(descriptor, request, config)
 }
 
 /// Checks every key, value and operation of `request` against `descriptor` and the limits.

@@ -367,13 +367,10 @@ impl RangeLog {
         batch: &mut LogBatch,
         entries: &[Entry],
     ) -> Result<(), EngineError> {
-        let first = entries[0].index;
-        if first <= self.truncated.index || first > self.last_index + 1 {
-            return Err(EngineError::Snapshot(format!(
-                "range {}: entries from {first} do not follow the log ({}, {}]",
-                self.range_id, self.truncated.index, self.last_index
-            )));
-        }
+        debug_assert!(
+            entries[0].index > self.truncated.index && entries[0].index <= self.last_index + 1,
+            "stage() checks that entries follow the log"
+        );
         let cf = self.engine.cf(Cf::Raft);
         let new_last = entries[entries.len() - 1].index;
         if new_last < self.last_index {

@@ -17,7 +17,7 @@ use flotilla_transport::raft::{Message, SnapshotMetadata};
 use prost::Message as _;
 
 use super::peer::{Peer, PeerError, RoundOutput};
-use crate::kv::{check_write, Applied, KvConfig, KvError};
+use crate::kv::{check_command, Applied, KvConfig, KvError};
 use crate::raft::{Config, ProposeError, ReadState};
 use crate::storage::{Engine, LogBatch};
 
@@ -235,19 +235,12 @@ impl Store {
         let Some(peer) = self.peers.get_mut(&range_id) else {
             return Err(KvError::RangeNotFound(range_id).into());
         };
-        let descriptor = peer.applier().descriptor().clone();
-        let current_version = descriptor.epoch.map(|e| e.version).unwrap_or_default();
-        let requested = header.epoch.map(|e| e.version).unwrap_or_default();
-        if requested != current_version {
-            return Err(KvError::EpochNotMatch {
-                range_id,
-                requested,
-                current_version,
-                current: Box::new(descriptor),
-            }
-            .into());
-        }
-        check_write(&descriptor, &request, peer.applier().config())?;
+        check_command(
+            peer.applier().descriptor(),
+            &header,
+            &request,
+            peer.applier().config(),
+        )?;
         header.proposed_at_ms = now_ms;
         let data: Bytes = RaftCommand {
             header: Some(header),
