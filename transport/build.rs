@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/meta.proto",
         "proto/kv.proto",
         "proto/transport.proto",
+        "proto/service.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

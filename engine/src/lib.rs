@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod kv;
+pub mod node;
 pub mod raft;
 pub mod storage;
 pub mod store;

@@ -35,6 +35,7 @@ impl Sink for Counting {
         _from: Option<u64>,
         method: String,
         _body: Bytes,
+        _timeout: std::time::Duration,
     ) -> BoxFuture<Result<Bytes, RpcStatus>> {
         Box::pin(async move { Err(RpcStatus::new(RpcCode::UnknownMethod, method)) })
     }

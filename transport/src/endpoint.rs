@@ -74,12 +74,15 @@ pub trait Sink: Send + Sync + 'static {
     fn peer_state(&self, node: u64, up: bool);
     /// A snapshot of `range_id` arrives from `from_node`: its header, then its chunks.
     fn snapshot(&self, from_node: u64, range_id: u64, header: Bytes, chunks: SnapshotChunks);
-    /// An RPC from a node (`Some(id)`) or a client (`None`).
+    /// An RPC from a node (`Some(id)`) or a client (`None`). The call is cut off after
+    /// `timeout` (the caller's, capped): a handler that answers a typed timeout itself should
+    /// do so a little earlier.
     fn rpc(
         &self,
         from_node: Option<u64>,
         method: String,
         body: Bytes,
+        timeout: Duration,
     ) -> BoxFuture<Result<Bytes, RpcStatus>>;
 }
 
@@ -117,6 +120,8 @@ struct Inner {
     runtime: tokio::runtime::Handle,
     /// Random per start, sent in every `Hello`.
     incarnation: u64,
+    /// Nodes whose Raft traffic is dropped both ways (fault injection: `partition`).
+    blocked: Mutex<std::collections::HashSet<u64>>,
 }
 
 /// A node's endpoint. Cheap to clone.
@@ -175,6 +180,7 @@ impl Transport {
             shutdown,
             runtime: tokio::runtime::Handle::current(),
             incarnation: rand::rng().random(),
+            blocked: Mutex::new(std::collections::HashSet::new()),
         });
         inner.runtime.spawn(accept_loop(inner.clone()));
         inner.runtime.spawn(liveness_monitor(inner.clone()));
@@ -200,9 +206,20 @@ impl Transport {
         peer(&self.inner, node_id);
     }
 
+    /// Fault injection (tests, the nemesis): drop the Raft traffic to and from `nodes` (and
+    /// stop counting them as heard from), as a network partition would; an empty set heals.
+    /// Snapshot streams to them fail; RPCs are not affected.
+    pub fn partition(&self, nodes: &[u64]) {
+        *self.inner.blocked.lock() = nodes.iter().copied().collect();
+    }
+
     /// Queues a Raft message for `to_node`. Never blocks: a full queue drops the message and
     /// counts it. Returns whether it was queued.
     pub fn send(&self, to_node: u64, message: RangeMessage) -> bool {
+        if self.inner.blocked.lock().contains(&to_node) {
+            stats::dropped(to_node, &self.inner.stats);
+            return false;
+        }
         let p = peer(&self.inner, to_node);
         let size = message.encoded_len();
         let queued = p.queued_bytes.fetch_add(size, Ordering::Relaxed);
@@ -243,6 +260,11 @@ impl Transport {
         mut chunks: mpsc::Receiver<Bytes>,
     ) -> Result<(), TransportError> {
         let inner = &self.inner;
+        if inner.blocked.lock().contains(&to_node) {
+            return Err(TransportError::ConnectionLost(format!(
+                "node {to_node} is partitioned away"
+            )));
+        }
         let p = peer(inner, to_node);
         let _permit = p
             .snapshot_streams
@@ -587,17 +609,33 @@ async fn call_on(
     body: Bytes,
     timeout: Duration,
 ) -> Result<Bytes, TransportError> {
-    let max = inner.config.max_frame_bytes;
+    let hello = hello(inner, StreamKind::Rpc);
+    rpc_on_stream(
+        conn,
+        &hello,
+        inner.config.max_frame_bytes,
+        method,
+        body,
+        timeout,
+    )
+    .await
+}
+
+/// One RPC on a new stream of `conn`: the `Hello`, the request, its response.
+pub(crate) async fn rpc_on_stream(
+    conn: &Connection,
+    hello: &Hello,
+    max: usize,
+    method: &str,
+    body: Bytes,
+    timeout: Duration,
+) -> Result<Bytes, TransportError> {
     let (mut send, mut recv) = conn
         .open_bi()
         .await
         .map_err(|e| TransportError::ConnectionLost(e.to_string()))?;
     let request_id = rand::rng().random();
-    frame::write(
-        &mut send,
-        &frame::encode(&hello(inner, StreamKind::Rpc), max)?,
-    )
-    .await?;
+    frame::write(&mut send, &frame::encode(hello, max)?).await?;
     let request = RpcRequest {
         request_id,
         method: method.to_string(),

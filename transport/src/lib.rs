@@ -34,11 +34,17 @@ pub mod kv {
     include!(concat!(env!("OUT_DIR"), "/flotilla.kv.rs"));
 }
 
+/// The client service: reads, cluster info, node status (writes are `kv::RaftCommand`s).
+pub mod service {
+    include!(concat!(env!("OUT_DIR"), "/flotilla.service.rs"));
+}
+
 /// Node-to-node framing: hello, Raft batches, coalesced heartbeats, snapshot and RPC frames.
 pub mod wire {
     include!(concat!(env!("OUT_DIR"), "/flotilla.transport.rs"));
 }
 
+mod client;
 mod coalesce;
 mod config;
 mod endpoint;
@@ -47,6 +53,7 @@ pub mod frame;
 mod stats;
 pub mod tls;
 
+pub use self::client::ClientEndpoint;
 pub use self::config::TransportConfig;
 pub use self::endpoint::{BoxFuture, Sink, SnapshotChunks, Transport};
 pub use self::error::{RpcStatus, TransportError};

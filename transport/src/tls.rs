@@ -56,6 +56,12 @@ pub fn node_name(cluster_id: &str, node_id: u64) -> String {
     format!("n{node_id}.{cluster_id}.flotilla")
 }
 
+/// The certificate name every node of `cluster_id` also has: a client dials any node by it
+/// (it knows addresses, not node ids) and is sure to reach a node of its cluster.
+pub fn any_node_name(cluster_id: &str) -> String {
+    format!("node.{cluster_id}.flotilla")
+}
+
 /// The certificate name every client of `cluster_id` has.
 pub fn client_name(cluster_id: &str) -> String {
     format!("client.{cluster_id}.flotilla")
@@ -82,6 +88,52 @@ impl Clone for Identity {
 pub struct TlsConfig {
     pub ca: CertificateDer<'static>,
     pub identity: Identity,
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new(label, der.to_vec()))
+}
+
+impl TlsConfig {
+    /// Loads the CA certificate, this endpoint's certificate chain and its private key, all PEM
+    /// (what `flotilla cluster up` and `flotilla certs` write).
+    ///
+    /// # Errors
+    /// [`TlsError::Pem`] naming what could not be read.
+    pub fn from_pem(ca_pem: &[u8], cert_pem: &[u8], key_pem: &[u8]) -> Result<Self, TlsError> {
+        use rustls::pki_types::pem::PemObject;
+        let ca = CertificateDer::from_pem_slice(ca_pem)
+            .map_err(|e| TlsError::Pem(format!("CA certificate: {e}")))?;
+        let cert_chain = CertificateDer::pem_slice_iter(cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsError::Pem(format!("certificate: {e}")))?;
+        if cert_chain.is_empty() {
+            return Err(TlsError::Pem(
+                "certificate: no certificate in the file".into(),
+            ));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem)
+            .map_err(|e| TlsError::Pem(format!("private key: {e}")))?;
+        Ok(Self {
+            ca,
+            identity: Identity { cert_chain, key },
+        })
+    }
+
+    /// The CA certificate, the certificate chain and the private key, PEM.
+    pub fn to_pem(&self) -> (String, String, String) {
+        let chain: String = self
+            .identity
+            .cert_chain
+            .iter()
+            .map(|c| pem("CERTIFICATE", c.as_ref()))
+            .collect();
+        (
+            pem("CERTIFICATE", self.ca.as_ref()),
+            chain,
+            pem("PRIVATE KEY", self.identity.key.secret_der()),
+        )
+    }
 }
 
 fn ca_common_name(cluster_id: &str) -> String {
@@ -220,7 +272,10 @@ impl ClusterCa {
                 "extra certificate name {bad:?} not allowed"
             )));
         }
-        let mut names = vec![node_name(&self.cluster_id, node_id)];
+        let mut names = vec![
+            node_name(&self.cluster_id, node_id),
+            any_node_name(&self.cluster_id),
+        ];
         names.extend_from_slice(extra_names);
         Ok(TlsConfig {
             ca: self.cert(),
@@ -319,6 +374,23 @@ mod tests {
         for bad in ["", "Prod", "a.b", "-x", "x-", &"a".repeat(64)] {
             assert!(check_cluster_id(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn an_identity_round_trips_through_pem() {
+        let ca = ClusterCa::generate("pem-test").expect("ca");
+        let node = ca.issue_node(3, &[]).expect("node");
+        let (ca_pem, cert, key) = node.to_pem();
+        let back =
+            TlsConfig::from_pem(ca_pem.as_bytes(), cert.as_bytes(), key.as_bytes()).expect("parse");
+        assert_eq!(back.ca, node.ca);
+        assert_eq!(back.identity.cert_chain, node.identity.cert_chain);
+        assert_eq!(
+            back.identity.key.secret_der(),
+            node.identity.key.secret_der()
+        );
+        assert!(TlsConfig::from_pem(b"junk", cert.as_bytes(), key.as_bytes()).is_err());
+        assert!(TlsConfig::from_pem(ca_pem.as_bytes(), b"", key.as_bytes()).is_err());
     }
 
     #[test]

@@ -49,6 +49,7 @@ impl Sink for Collect {
         from_node: Option<u64>,
         method: String,
         body: Bytes,
+        _timeout: std::time::Duration,
     ) -> BoxFuture<Result<Bytes, RpcStatus>> {
         Box::pin(async move {
             match method.as_str() {

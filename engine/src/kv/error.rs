@@ -35,6 +35,18 @@ pub enum KvError {
     ResponseDiscarded { client_id: u64, seq: u64 },
     #[error("malformed request: {0}")]
     Malformed(String),
+    #[error("range {range_id}: this replica is not the leader (leader on node {leader_node:?})")]
+    NotLeader {
+        range_id: u64,
+        leader_node: Option<u64>,
+        leader_addr: Option<String>,
+    },
+    #[error("server busy: {0}")]
+    ServerBusy(String),
+    #[error("no answer within the deadline; the write may or may not have applied")]
+    Timeout,
+    #[error("range {range_id}: leadership changed before the write committed; it did not apply")]
+    ProposalDropped { range_id: u64 },
 }
 
 impl KvError {
@@ -50,6 +62,10 @@ impl KvError {
             KvError::SessionExpired { .. } => ErrorCode::SessionExpired,
             KvError::ResponseDiscarded { .. } => ErrorCode::ResponseDiscarded,
             KvError::Malformed(_) => ErrorCode::Malformed,
+            KvError::NotLeader { .. } => ErrorCode::NotLeader,
+            KvError::ServerBusy(_) => ErrorCode::ServerBusy,
+            KvError::Timeout => ErrorCode::Timeout,
+            KvError::ProposalDropped { .. } => ErrorCode::ProposalDropped,
         }
     }
 
@@ -61,6 +77,7 @@ impl KvError {
             KvError::KeyNotInRange { .. }
                 | KvError::EpochNotMatch { .. }
                 | KvError::RangeNotFound(_)
+                | KvError::NotLeader { .. }
         )
     }
 }
@@ -73,10 +90,23 @@ impl From<&KvError> for WireError {
             }
             _ => None,
         };
+        let (leader_node, leader_addr) = match e {
+            KvError::NotLeader {
+                leader_node,
+                leader_addr,
+                ..
+            } => (
+                leader_node.unwrap_or(0),
+                leader_addr.clone().unwrap_or_default(),
+            ),
+            _ => (0, String::new()),
+        };
         WireError {
             code: e.code() as i32,
             message: e.to_string(),
             current,
+            leader_node,
+            leader_addr,
         }
     }
 }

@@ -17,4 +17,4 @@ pub use self::apply::{Applied, RangeApplier};
 pub use self::config::KvConfig;
 pub use self::error::KvError;
 pub use self::read::{get, scan, ReadError};
-pub use self::validate::{check_command, check_key, check_write, contains};
+pub use self::validate::{check_command, check_key, check_range, check_write, contains};

@@ -5,7 +5,7 @@ use flotilla_transport::kv::{
     txn_op, write_request, CommandHeader, CompareOp, CompareTarget, DeleteRangeRequest, TxnOp,
     WriteRequest,
 };
-use flotilla_transport::meta::RangeDescriptor;
+use flotilla_transport::meta::{RangeDescriptor, RangeEpoch};
 
 use super::config::KvConfig;
 use super::error::KvError;
@@ -122,11 +122,25 @@ pub fn check_command(
     request: &WriteRequest,
     config: &KvConfig,
 ) -> Result<(), KvError> {
-    if header.range_id != descriptor.id {
-        return Err(KvError::RangeNotFound(header.range_id));
+    check_range(descriptor, header.range_id, header.epoch.as_ref())?;
+    check_write(descriptor, request, config)
+}
+
+/// Checks that a request names this range and the epoch (version) it has now: a client with an
+/// older picture of the keyspace must refresh it rather than be served by the wrong range.
+///
+/// # Errors
+/// [`KvError::RangeNotFound`], [`KvError::EpochNotMatch`] with the current descriptor.
+pub fn check_range(
+    descriptor: &RangeDescriptor,
+    range_id: u64,
+    epoch: Option<&RangeEpoch>,
+) -> Result<(), KvError> {
+    if range_id != descriptor.id {
+        return Err(KvError::RangeNotFound(range_id));
     }
     let current_version = descriptor.epoch.map(|e| e.version).unwrap_or_default();
-    let requested = header.epoch.map(|e| e.version).unwrap_or_default();
+    let requested = epoch.map(|e| e.version).unwrap_or_default();
     if requested != current_version {
         return Err(KvError::EpochNotMatch {
             range_id: descriptor.id,
@@ -135,7 +149,7 @@ pub fn check_command(
             current: Box::new(descriptor.clone()),
         });
     }
-    check_write(descriptor, request, config)
+    Ok(())
 }
 
 /// Checks every key, value and operation of `request` against `descriptor` and the limits.

@@ -106,6 +106,21 @@ impl Store {
         raft: Config,
         kv: KvConfig,
     ) -> Result<Self, PeerError> {
+        Self::open_shard(engine, node_id, raft, kv, |_| true)
+    }
+
+    /// Opens the ranges on `engine` that `hosts` accepts: one shard of the node's ranges, for
+    /// one poller thread.
+    ///
+    /// # Errors
+    /// [`PeerError`] for a damaged range.
+    pub fn open_shard(
+        engine: Arc<Engine>,
+        node_id: u64,
+        raft: Config,
+        kv: KvConfig,
+        hosts: impl Fn(u64) -> bool,
+    ) -> Result<Self, PeerError> {
         let mut store = Self {
             engine: engine.clone(),
             node_id,
@@ -115,7 +130,7 @@ impl Store {
             nodes_of_replicas: BTreeMap::new(),
             pending: BTreeMap::new(),
         };
-        for range_id in engine.range_ids()? {
+        for range_id in engine.range_ids()?.into_iter().filter(|r| hosts(*r)) {
             let descriptor = engine
                 .descriptor(range_id)?
                 .ok_or(crate::storage::EngineError::RangeNotFound(range_id))?;
@@ -184,8 +199,34 @@ impl Store {
         self.peers.get_mut(&range_id)
     }
 
+    pub fn peer(&self, range_id: u64) -> Option<&Peer> {
+        self.peers.get(&range_id)
+    }
+
     pub fn range_ids(&self) -> impl Iterator<Item = u64> + '_ {
         self.peers.keys().copied()
+    }
+
+    /// The node hosting replica `replica_id`, if any descriptor names it.
+    pub fn node_of_replica(&self, replica_id: u64) -> Option<u64> {
+        self.nodes_of_replicas.get(&replica_id).copied()
+    }
+
+    /// The node of the leader of `range_id` as this replica knows it.
+    pub fn leader_node(&mut self, range_id: u64) -> Option<u64> {
+        let leader = self.peers.get_mut(&range_id)?.raft().status().leader_id;
+        self.node_of_replica(leader)
+    }
+
+    /// Ticks one replica.
+    ///
+    /// # Errors
+    /// [`PeerError`] if the replica's storage failed.
+    pub fn tick_range(&mut self, range_id: u64) -> Result<(), PeerError> {
+        if let Some(peer) = self.peers.get_mut(&range_id) {
+            peer.raft().tick()?;
+        }
+        Ok(())
     }
 
     /// Ticks every replica.
@@ -337,10 +378,23 @@ impl Store {
             }
         }
         out.ranges_persisted = batch.ranges();
-        batch.commit(&self.engine)?;
+        if !batch.is_empty() {
+            metrics::histogram!("flotilla_storage_batch_bytes").record(batch.size_bytes() as f64);
+            let started = std::time::Instant::now();
+            batch.commit(&self.engine)?;
+            metrics::histogram!("flotilla_storage_fsync_seconds")
+                .record(started.elapsed().as_secs_f64());
+            metrics::histogram!("flotilla_storage_batch_ranges")
+                .record(out.ranges_persisted as f64);
+        }
         for (range_id, ready) in readies {
             let peer = self.peers.get_mut(&range_id).expect("staged above");
+            let applying = (!ready.committed_entries.is_empty()).then(std::time::Instant::now);
             let finished = peer.finish(ready)?;
+            if let Some(started) = applying {
+                metrics::histogram!("flotilla_raft_commit_apply_seconds")
+                    .record(started.elapsed().as_secs_f64());
+            }
             let applied_index = peer.applier().applied_index();
             self.complete(&mut out, range_id, &finished, applied_index);
             self.route(&mut out, range_id, finished.messages);

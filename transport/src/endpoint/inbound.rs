@@ -170,6 +170,10 @@ async fn serve_raft(inner: &Inner, p: &Peer, recv: &mut quinn::RecvStream) {
     loop {
         match frame::read::<RaftBatch, _>(recv, inner.config.max_frame_bytes).await {
             Ok(Some(batch)) => {
+                if inner.blocked.lock().contains(&p.node_id) {
+                    stats::dropped(p.node_id, &inner.stats);
+                    continue;
+                }
                 heard_from(inner, p);
                 let n = batch.messages.len() + batch.heartbeats.len();
                 if n == 0 {
@@ -286,7 +290,9 @@ async fn serve_rpc(
         }
     };
     let timeout = Duration::from_millis(request.timeout_ms.max(1)).min(MAX_RPC_TIMEOUT);
-    let handler = inner.sink.rpc(from, request.method.clone(), request.body);
+    let handler = inner
+        .sink
+        .rpc(from, request.method.clone(), request.body, timeout);
     let response = match tokio::time::timeout(timeout, handler).await {
         Ok(Ok(body)) => RpcResponse {
             request_id: request.request_id,

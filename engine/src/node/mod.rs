@@ -1,0 +1,392 @@
+//! A whole node (DESIGN sections 2 and 7): its storage, its ranges run by the pollers, its
+//! QUIC endpoint and its client service, assembled, bootstrapped and shut down.
+//!
+//! Bootstrap (like etcd's `initial-cluster`): a node whose data directory holds no range and
+//! which is one of the initial members creates range 1 (the meta range, `["", 0x01)`) and range
+//! 2 (every user key, `[0x01, +inf)`) with all initial members as voters, in one synced write.
+//! Every initial member does the same, so the groups start identical and elect a leader. A
+//! restart reloads every range from disk and ignores `initial-cluster`.
+
+mod net;
+mod service;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flotilla_transport::meta::{RangeDescriptor, RangeEpoch, Replica, ReplicaRole};
+use flotilla_transport::raft::{ConfState, SnapshotMetadata};
+use flotilla_transport::service::{NodeStatus, RangeInfo};
+use flotilla_transport::tls::TlsConfig;
+use flotilla_transport::{Transport, TransportConfig, TransportError};
+
+use self::net::{NodeSink, TransportNetwork};
+use self::service::Service;
+use crate::raft::Role;
+use crate::storage::{keys, Engine, EngineConfig, EngineError, LogBatch, RangeLog};
+use crate::store::{Runtime, RuntimeConfig, RuntimeError, RuntimeHandle};
+
+/// The meta range: placement's state.
+pub const META_RANGE: u64 = 1;
+/// The range holding every user key after bootstrap.
+pub const FIRST_USER_RANGE: u64 = 2;
+
+/// How to run a node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub engine: EngineConfig,
+    pub transport: TransportConfig,
+    pub runtime: RuntimeConfig,
+    pub tls: TlsConfig,
+    /// Every member of the cluster and where it listens (peers and clients alike).
+    pub initial_cluster: BTreeMap<u64, SocketAddr>,
+    /// How long a graceful shutdown waits for leaderships to move and requests to finish.
+    pub shutdown_timeout: Duration,
+}
+
+impl NodeConfig {
+    /// Checks the settings together.
+    ///
+    /// # Errors
+    /// A message naming the field that cannot work.
+    pub fn validate(&self) -> Result<(), String> {
+        let node_id = self.transport.node_id;
+        if node_id == 0 {
+            return Err("node-id: must be at least 1".into());
+        }
+        if self.engine.node_id != node_id || self.runtime.node_id != node_id {
+            return Err("node-id: storage, transport and runtime disagree".into());
+        }
+        if self.initial_cluster.is_empty() {
+            return Err("initial-cluster: names no member".into());
+        }
+        if self.initial_cluster.contains_key(&0) {
+            return Err("initial-cluster: node ids start at 1".into());
+        }
+        if !self.initial_cluster.contains_key(&node_id) {
+            return Err(format!(
+                "initial-cluster: does not name this node ({node_id}); joining a running \
+                 cluster arrives with placement"
+            ));
+        }
+        if self.runtime.pollers == 0 {
+            return Err("pollers: must be at least 1".into());
+        }
+        if self.runtime.tick.is_zero() {
+            return Err("tick: must be positive".into());
+        }
+        // The template's id is set per replica.
+        let raft = crate::raft::Config {
+            id: 1,
+            ..self.runtime.raft.clone()
+        };
+        raft.validate().map_err(|e| format!("raft: {e}"))?;
+        self.runtime.kv.validate().map_err(|e| format!("kv: {e}"))?;
+        self.transport.validate()
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Storage(#[from] EngineError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+/// A running node.
+pub struct Node {
+    node_id: u64,
+    engine: Arc<Engine>,
+    runtime: Option<Runtime>,
+    transport: Transport,
+    service: Arc<Service>,
+    shutdown_timeout: Duration,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("node_id", &self.node_id)
+            .field("addr", &self.transport.local_addr())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Replica ids are unique cluster-wide; bootstrap derives them from range and node.
+pub fn bootstrap_replica_id(range_id: u64, node_id: u64) -> u64 {
+    (range_id << 32) | node_id
+}
+
+fn bootstrap_descriptor(
+    range_id: u64,
+    start: &[u8],
+    end: &[u8],
+    members: &[u64],
+) -> RangeDescriptor {
+    RangeDescriptor {
+        id: range_id,
+        start_key: start.to_vec().into(),
+        end_key: end.to_vec().into(),
+        epoch: Some(RangeEpoch {
+            version: 1,
+            conf_ver: 1,
+        }),
+        replicas: members
+            .iter()
+            .map(|&node_id| Replica {
+                node_id,
+                replica_id: bootstrap_replica_id(range_id, node_id),
+                role: ReplicaRole::Voter as i32,
+            })
+            .collect(),
+    }
+}
+
+/// Creates ranges 1 and 2 on a new member, in one synced write. Returns whether it did.
+///
+/// # Errors
+/// [`EngineError`] from the write.
+pub fn bootstrap(engine: &Engine, members: &[u64]) -> Result<bool, EngineError> {
+    if !engine.range_ids()?.is_empty() {
+        return Ok(false);
+    }
+    let mut batch = LogBatch::new();
+    let ranges = [
+        (META_RANGE, &b""[..], &[keys::USER_KEY_PREFIX][..]),
+        (FIRST_USER_RANGE, &[keys::USER_KEY_PREFIX][..], &b""[..]),
+    ];
+    for (range_id, start, end) in ranges {
+        let descriptor = bootstrap_descriptor(range_id, start, end, members);
+        let initial = SnapshotMetadata {
+            index: 0,
+            term: 0,
+            conf_state: Some(ConfState {
+                voters: descriptor.replicas.iter().map(|r| r.replica_id).collect(),
+                ..ConfState::default()
+            }),
+        };
+        RangeLog::create(engine, &mut batch, &descriptor, &initial)?;
+    }
+    batch.commit(engine)?;
+    Ok(true)
+}
+
+impl Node {
+    /// Opens (or bootstraps) the node's storage, starts its pollers, its endpoint and its
+    /// service. Must run inside a tokio runtime.
+    ///
+    /// # Errors
+    /// [`NodeError`]; nothing keeps running then.
+    pub async fn start(config: NodeConfig) -> Result<Self, NodeError> {
+        config.validate().map_err(NodeError::Config)?;
+        let node_id = config.transport.node_id;
+        let engine = Engine::open(&config.engine)?;
+        let members: Vec<u64> = config.initial_cluster.keys().copied().collect();
+        if bootstrap(&engine, &members)? {
+            tracing::info!(node = node_id, ?members, "bootstrapped ranges 1 and 2");
+        }
+        // The transport needs the sink, the sink needs the runtime, the runtime needs the
+        // network over the transport: the sink's half is filled in once the runtime runs.
+        let late = Arc::new(LateSink::default());
+        let transport = Transport::start(config.transport.clone(), &config.tls, late.clone())?;
+        for (&id, &addr) in &config.initial_cluster {
+            if id != node_id {
+                transport.add_peer(id, addr);
+            }
+        }
+        let network = Arc::new(TransportNetwork {
+            transport: transport.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        });
+        let runtime = match Runtime::start(engine.clone(), config.runtime.clone(), network) {
+            Ok(r) => r,
+            Err(e) => {
+                transport.shutdown().await;
+                return Err(e.into());
+            }
+        };
+        let service = Arc::new(Service {
+            cluster_id: config.transport.cluster_id.clone(),
+            node_id,
+            addresses: config.initial_cluster.clone(),
+            handle: runtime.handle().clone(),
+            engine: engine.clone(),
+            accepting: AtomicBool::new(true),
+            started: Instant::now(),
+        });
+        let _ = late.cell.set(Arc::new(NodeSink {
+            node_id,
+            handle: runtime.handle().clone(),
+            service: service.clone(),
+        }));
+        tracing::info!(node = node_id, addr = ?transport.local_addr(), "node started");
+        Ok(Self {
+            node_id,
+            engine,
+            runtime: Some(runtime),
+            transport,
+            service,
+            shutdown_timeout: config.shutdown_timeout,
+        })
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.transport.local_addr()
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    /// The runtime's handle (for tests and tools in the same process).
+    pub fn handle(&self) -> Option<&RuntimeHandle> {
+        self.runtime.as_ref().map(Runtime::handle)
+    }
+
+    /// The ranges this node hosts with their leaders as it knows them.
+    pub async fn ranges(&self) -> Vec<RangeInfo> {
+        self.service.ranges().await
+    }
+
+    pub async fn status(&self) -> NodeStatus {
+        self.service.status().await
+    }
+
+    /// Hands every leadership of this node to another voter whose node is up.
+    async fn transfer_leaderships(&self) {
+        let Some(handle) = self.handle() else {
+            return;
+        };
+        let transport = self.transport.clone();
+        let me = self.node_id;
+        let answers = handle.on_every_store(move |store| {
+            let ids: Vec<u64> = store.range_ids().collect();
+            for range_id in ids {
+                let Some(peer) = store.peer_mut(range_id) else {
+                    continue;
+                };
+                if peer.raft().status().role != Role::Leader {
+                    continue;
+                }
+                let target = peer
+                    .applier()
+                    .descriptor()
+                    .replicas
+                    .iter()
+                    .find(|r| {
+                        r.node_id != me
+                            && r.role == ReplicaRole::Voter as i32
+                            && transport.is_up(r.node_id)
+                    })
+                    .map(|r| r.replica_id);
+                if let Some(to) = target {
+                    let _ = peer.raft().transfer_leader(to);
+                }
+            }
+        });
+        for answer in answers {
+            let _ = answer.await;
+        }
+    }
+
+    /// Stops gracefully: refuses new requests, hands leaderships away, lets requests in
+    /// flight finish (within the shutdown timeout), stops the pollers and closes the endpoint.
+    pub async fn shutdown(mut self) {
+        let deadline = Instant::now() + self.shutdown_timeout;
+        self.service.accepting.store(false, Ordering::Relaxed);
+        let mut poll = tokio::time::interval(Duration::from_millis(20));
+        loop {
+            let leaders = self.status().await.leaders;
+            if leaders == 0 || Instant::now() >= deadline {
+                break;
+            }
+            self.transfer_leaderships().await;
+            poll.tick().await;
+        }
+        self.stop_now().await;
+    }
+
+    /// Stops at once, as a crash would look to the rest of the cluster (what was not synced
+    /// is the disk's business, not ours).
+    pub async fn stop_now(&mut self) {
+        self.service.accepting.store(false, Ordering::Relaxed);
+        if let Some(runtime) = self.runtime.take() {
+            tokio::task::block_in_place(|| runtime.stop());
+        }
+        self.transport.shutdown().await;
+        tracing::info!(node = self.node_id, "node stopped");
+    }
+}
+
+/// A [`flotilla_transport::Sink`] whose target is set once the runtime is up; traffic that
+/// comes before is dropped (Raft retries) or refused (`Unavailable`).
+#[derive(Default)]
+struct LateSink {
+    cell: std::sync::OnceLock<Arc<NodeSink>>,
+}
+
+impl LateSink {
+    fn get(&self) -> Option<&Arc<NodeSink>> {
+        self.cell.get()
+    }
+}
+
+impl flotilla_transport::Sink for LateSink {
+    fn raft_messages(&self, from_node: u64, messages: Vec<flotilla_transport::wire::RangeMessage>) {
+        if let Some(s) = self.get() {
+            s.raft_messages(from_node, messages);
+        }
+    }
+
+    fn peer_state(&self, node: u64, up: bool) {
+        if let Some(s) = self.get() {
+            s.peer_state(node, up);
+        }
+    }
+
+    fn snapshot(
+        &self,
+        from_node: u64,
+        range_id: u64,
+        header: bytes::Bytes,
+        chunks: flotilla_transport::SnapshotChunks,
+    ) {
+        if let Some(s) = self.get() {
+            s.snapshot(from_node, range_id, header, chunks);
+        }
+    }
+
+    fn rpc(
+        &self,
+        from_node: Option<u64>,
+        method: String,
+        body: bytes::Bytes,
+        timeout: Duration,
+    ) -> flotilla_transport::BoxFuture<Result<bytes::Bytes, flotilla_transport::RpcStatus>> {
+        match self.get() {
+            Some(s) => s.rpc(from_node, method, body, timeout),
+            None => Box::pin(async {
+                Err(flotilla_transport::RpcStatus::new(
+                    flotilla_transport::wire::RpcCode::Unavailable,
+                    "the node is starting",
+                ))
+            }),
+        }
+    }
+}

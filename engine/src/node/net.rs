@@ -1,0 +1,155 @@
+//! The seam between the async network and the sync pollers (DESIGN section 7): the
+//! [`Network`] the pollers send through, over the QUIC [`Transport`], and the transport's
+//! [`Sink`], which hands incoming traffic to the pollers' mailboxes and RPCs to the service.
+//! Only channels cross it; no lock is held across an await.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use flotilla_transport::meta::{SnapshotChunk, SnapshotTransfer};
+use flotilla_transport::raft::Message;
+use flotilla_transport::wire::RangeMessage;
+use flotilla_transport::{BoxFuture, RpcStatus, Sink, SnapshotChunks, Transport};
+use prost::Message as _;
+use tokio::sync::mpsc;
+
+use super::service::Service;
+use crate::storage::{SnapshotParts, SnapshotReceiver};
+use crate::store::{Network, RuntimeHandle};
+
+/// The pollers' [`Network`] over the node's QUIC transport.
+pub(crate) struct TransportNetwork {
+    pub(crate) transport: Transport,
+    pub(crate) runtime: tokio::runtime::Handle,
+}
+
+impl Network for TransportNetwork {
+    fn send(&self, to_node: u64, messages: Vec<(u64, Message)>) {
+        for (range_id, message) in messages {
+            self.transport.send(
+                to_node,
+                RangeMessage {
+                    range_id,
+                    message: Some(message),
+                },
+            );
+        }
+    }
+
+    fn send_snapshot(
+        &self,
+        to_node: u64,
+        range_id: u64,
+        message: Message,
+        parts: SnapshotParts,
+        done: Box<dyn FnOnce(bool) + Send>,
+    ) {
+        let transport = self.transport.clone();
+        self.runtime.spawn(async move {
+            let header = SnapshotTransfer {
+                message: Some(message),
+                header: parts.header,
+            }
+            .encode_to_vec();
+            let (tx, rx) = mpsc::channel(8);
+            let feed = async move {
+                for chunk in parts.chunks {
+                    if tx.send(Bytes::from(chunk.encode_to_vec())).await.is_err() {
+                        break;
+                    }
+                }
+            };
+            let send = transport.send_snapshot(to_node, range_id, header.into(), rx);
+            let ((), result) = tokio::join!(feed, send);
+            match result {
+                Ok(()) => done(true),
+                Err(e) => {
+                    tracing::warn!(node = transport.node_id(), peer = to_node, range = range_id,
+                        error = %e, "snapshot stream failed");
+                    done(false);
+                }
+            }
+        });
+    }
+}
+
+/// What the transport hands incoming traffic to.
+pub(crate) struct NodeSink {
+    pub(crate) node_id: u64,
+    pub(crate) handle: RuntimeHandle,
+    pub(crate) service: Arc<Service>,
+}
+
+impl Sink for NodeSink {
+    fn raft_messages(&self, _from_node: u64, messages: Vec<RangeMessage>) {
+        for m in messages {
+            if let Some(message) = m.message {
+                self.handle.deliver(m.range_id, message);
+            }
+        }
+    }
+
+    fn peer_state(&self, node: u64, up: bool) {
+        tracing::info!(
+            node = self.node_id,
+            peer = node,
+            up,
+            "peer liveness changed"
+        );
+    }
+
+    fn snapshot(&self, from_node: u64, range_id: u64, header: Bytes, chunks: SnapshotChunks) {
+        let handle = self.handle.clone();
+        let node_id = self.node_id;
+        tokio::spawn(async move {
+            match receive_snapshot(range_id, header, chunks).await {
+                Ok((message, data)) => {
+                    metrics::counter!("flotilla_store_snapshots_received_total").increment(1);
+                    handle.deliver_snapshot(range_id, message, data);
+                }
+                Err(why) => {
+                    metrics::counter!("flotilla_store_snapshots_refused_total").increment(1);
+                    tracing::warn!(node = node_id, peer = from_node, range = range_id,
+                        reason = %why, "snapshot refused");
+                }
+            }
+        });
+    }
+
+    fn rpc(
+        &self,
+        from_node: Option<u64>,
+        method: String,
+        body: Bytes,
+        timeout: Duration,
+    ) -> BoxFuture<Result<Bytes, RpcStatus>> {
+        let service = self.service.clone();
+        Box::pin(async move { service.call(from_node, &method, body, timeout).await })
+    }
+}
+
+/// Reads a snapshot stream whole, checking every chunk as it comes.
+async fn receive_snapshot(
+    range_id: u64,
+    header: Bytes,
+    mut chunks: SnapshotChunks,
+) -> Result<(Message, crate::storage::ReceivedSnapshot), String> {
+    let transfer =
+        SnapshotTransfer::decode(header).map_err(|e| format!("undecodable header: {e}"))?;
+    let message = transfer
+        .message
+        .ok_or_else(|| "header without the leader's message".to_string())?;
+    let snapshot_header = transfer
+        .header
+        .ok_or_else(|| "header without the snapshot header".to_string())?;
+    let mut receiver =
+        SnapshotReceiver::new(range_id, snapshot_header).map_err(|e| e.to_string())?;
+    while let Some(chunk) = chunks.recv().await {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        let chunk = SnapshotChunk::decode(chunk).map_err(|e| format!("undecodable chunk: {e}"))?;
+        receiver.push(chunk).map_err(|e| e.to_string())?;
+    }
+    let data = receiver.finish().map_err(|e| e.to_string())?;
+    Ok((message, data))
+}

@@ -1,0 +1,272 @@
+//! The client service (DESIGN sections 2 and 9) over the transport's RPC streams:
+//!
+//! - `kv.Write`: a `kv::RaftCommand` (the client's header, naming range, epoch and its
+//!   `(client_id, seq)`, and the write) -> `kv::WriteResponse`;
+//! - `kv.Read`: a `service::ReadRequest` -> `service::ReadResponse`;
+//! - `cluster.Info`: the members and the ranges this node hosts, with their leaders;
+//! - `node.Status`: counters of this node.
+//!
+//! Refusals a client acts on (routing, limits, busy, timeout) are typed `KvError`s inside the
+//! response; the RPC code says only whether the call itself worked (bad body, unknown method,
+//! node unavailable).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use flotilla_transport::kv::{
+    write_request, ErrorCode, KvError as WireError, RaftCommand, WriteResponse,
+};
+use flotilla_transport::service::{
+    read_request, read_response, ClusterInfo, NodeInfo, NodeStatus, RangeInfo, ReadRequest,
+    ReadResponse,
+};
+use flotilla_transport::wire::RpcCode;
+use flotilla_transport::RpcStatus;
+use prost::Message as _;
+
+use crate::kv::KvError;
+use crate::storage::Engine;
+use crate::store::{RequestError, RuntimeHandle};
+
+/// The part of the caller's timeout kept back so our typed `Timeout` answer arrives before
+/// the transport cuts the call.
+const ANSWER_MARGIN: Duration = Duration::from_millis(50);
+
+pub(crate) struct Service {
+    pub(crate) cluster_id: String,
+    pub(crate) node_id: u64,
+    pub(crate) addresses: BTreeMap<u64, SocketAddr>,
+    pub(crate) handle: RuntimeHandle,
+    pub(crate) engine: Arc<Engine>,
+    pub(crate) accepting: AtomicBool,
+    pub(crate) started: Instant,
+}
+
+fn bad_request(what: &str, e: impl std::fmt::Display) -> RpcStatus {
+    RpcStatus::new(RpcCode::BadRequest, format!("undecodable {what}: {e}"))
+}
+
+fn op_of_write(command: &RaftCommand) -> &'static str {
+    match command.request.as_ref().and_then(|r| r.request.as_ref()) {
+        Some(write_request::Request::Put(_)) => "put",
+        Some(write_request::Request::Delete(_)) => "delete",
+        Some(write_request::Request::DeleteRange(_)) => "delete_range",
+        Some(write_request::Request::Txn(_)) => "txn",
+        None => "unknown",
+    }
+}
+
+fn op_of_read(request: &ReadRequest) -> &'static str {
+    match request.request {
+        Some(read_request::Request::Get(_)) => "get",
+        Some(read_request::Request::Scan(_)) => "scan",
+        None => "unknown",
+    }
+}
+
+fn error_kind(code: i32) -> &'static str {
+    match ErrorCode::try_from(code) {
+        Ok(c) => c.as_str_name(),
+        Err(_) => "UNKNOWN",
+    }
+}
+
+impl Service {
+    /// Handles one RPC.
+    pub(crate) async fn call(
+        &self,
+        _from_node: Option<u64>,
+        method: &str,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, RpcStatus> {
+        if !self.accepting.load(Ordering::Relaxed) {
+            return Err(RpcStatus::new(
+                RpcCode::Unavailable,
+                format!("node {} is shutting down", self.node_id),
+            ));
+        }
+        if self.handle.is_halted() {
+            return Err(RpcStatus::new(
+                RpcCode::Unavailable,
+                format!("node {} halted after a storage failure", self.node_id),
+            ));
+        }
+        let deadline = Instant::now() + timeout.saturating_sub(ANSWER_MARGIN);
+        match method {
+            "kv.Write" => {
+                let command = RaftCommand::decode(body).map_err(|e| bad_request("write", e))?;
+                let response = self.write(command, deadline).await?;
+                Ok(response.encode_to_vec().into())
+            }
+            "kv.Read" => {
+                let request = ReadRequest::decode(body).map_err(|e| bad_request("read", e))?;
+                let response = self.read(request, deadline).await?;
+                Ok(response.encode_to_vec().into())
+            }
+            "cluster.Info" => Ok(self.cluster_info().await.encode_to_vec().into()),
+            "node.Status" => Ok(self.status().await.encode_to_vec().into()),
+            other => Err(RpcStatus::new(
+                RpcCode::UnknownMethod,
+                format!("unknown method {other:?}"),
+            )),
+        }
+    }
+
+    /// The typed error on the wire, with the leader's address filled in for `NotLeader`.
+    fn wire_error(&self, error: &KvError) -> WireError {
+        let mut wire = WireError::from(error);
+        if let KvError::NotLeader {
+            leader_node: Some(node),
+            ..
+        } = error
+        {
+            if let Some(addr) = self.addresses.get(node) {
+                wire.leader_addr = addr.to_string();
+            }
+        }
+        wire
+    }
+
+    fn record(&self, op: &'static str, started: Instant, error: Option<&WireError>) {
+        metrics::histogram!("flotilla_client_request_seconds", "op" => op)
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("flotilla_client_requests_total", "op" => op).increment(1);
+        if let Some(e) = error {
+            metrics::counter!("flotilla_client_errors_total", "op" => op,
+                "kind" => error_kind(e.code))
+            .increment(1);
+        }
+    }
+
+    async fn answer<T>(
+        receiver: tokio::sync::oneshot::Receiver<Result<T, RequestError>>,
+        deadline: Instant,
+    ) -> Result<Result<T, KvError>, RpcStatus> {
+        let waited = tokio::time::timeout_at(deadline.into(), receiver).await;
+        match waited {
+            Err(_) => Ok(Err(KvError::Timeout)),
+            Ok(Err(_)) => Err(RpcStatus::new(
+                RpcCode::Unavailable,
+                "the node stopped before answering",
+            )),
+            Ok(Ok(Ok(v))) => Ok(Ok(v)),
+            Ok(Ok(Err(RequestError::Refused(e)))) => Ok(Err(e)),
+            Ok(Ok(Err(RequestError::Unavailable(why)))) => {
+                Err(RpcStatus::new(RpcCode::Unavailable, why))
+            }
+        }
+    }
+
+    async fn write(
+        &self,
+        command: RaftCommand,
+        deadline: Instant,
+    ) -> Result<WriteResponse, RpcStatus> {
+        let started = Instant::now();
+        let op = op_of_write(&command);
+        let result = Self::answer(self.handle.write(command, deadline), deadline).await?;
+        let response = match result {
+            Ok(response) => response,
+            Err(e) => WriteResponse {
+                revision: 0,
+                response: Some(flotilla_transport::kv::write_response::Response::Error(
+                    self.wire_error(&e),
+                )),
+            },
+        };
+        let error = match &response.response {
+            Some(flotilla_transport::kv::write_response::Response::Error(e)) => Some(e),
+            _ => None,
+        };
+        self.record(op, started, error);
+        Ok(response)
+    }
+
+    async fn read(
+        &self,
+        request: ReadRequest,
+        deadline: Instant,
+    ) -> Result<ReadResponse, RpcStatus> {
+        let started = Instant::now();
+        let op = op_of_read(&request);
+        let result = Self::answer(self.handle.read(request, deadline), deadline).await?;
+        let response = match result {
+            Ok(response) => response,
+            Err(e) => read_response::Response::Error(self.wire_error(&e)),
+        };
+        let error = match &response {
+            read_response::Response::Error(e) => Some(e),
+            _ => None,
+        };
+        self.record(op, started, error);
+        Ok(ReadResponse {
+            response: Some(response),
+        })
+    }
+
+    /// The ranges of every poller with their leaders.
+    pub(crate) async fn ranges(&self) -> Vec<RangeInfo> {
+        let answers = self.handle.on_every_store(|store| {
+            let ids: Vec<u64> = store.range_ids().collect();
+            ids.into_iter()
+                .filter_map(|range_id| {
+                    let descriptor = store.peer(range_id)?.applier().descriptor().clone();
+                    let leader_node = store.leader_node(range_id).unwrap_or(0);
+                    Some(RangeInfo {
+                        descriptor: Some(descriptor),
+                        leader_node,
+                    })
+                })
+                .collect::<Vec<_>>()
+        });
+        let mut ranges = Vec::new();
+        for answer in answers {
+            if let Ok(list) = answer.await {
+                ranges.extend(list);
+            }
+        }
+        ranges.sort_by_key(|r| r.descriptor.as_ref().map_or(0, |d| d.id));
+        ranges
+    }
+
+    async fn cluster_info(&self) -> ClusterInfo {
+        ClusterInfo {
+            cluster_id: self.cluster_id.clone(),
+            node_id: self.node_id,
+            nodes: self
+                .addresses
+                .iter()
+                .map(|(id, addr)| NodeInfo {
+                    node_id: *id,
+                    addr: addr.to_string(),
+                })
+                .collect(),
+            ranges: self.ranges().await,
+        }
+    }
+
+    pub(crate) async fn status(&self) -> NodeStatus {
+        let ranges = self.ranges().await;
+        NodeStatus {
+            node_id: self.node_id,
+            ranges: ranges.len() as u64,
+            leaders: ranges
+                .iter()
+                .filter(|r| r.leader_node == self.node_id)
+                .count() as u64,
+            synced_writes: self.engine.synced_writes(),
+            wal_syncs: self.engine.wal_syncs(),
+            uptime_ms: self
+                .started
+                .elapsed()
+                .as_millis()
+                .try_into()
+                .unwrap_or(u64::MAX),
+        }
+    }
+}

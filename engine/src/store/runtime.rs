@@ -1,0 +1,896 @@
+//! The node runtime (DESIGN section 7): poller threads around [`Store`] shards.
+//!
+//! A node's ranges are split over a small fixed set of pollers (range id modulo their count).
+//! Each poller owns its shard's `Store` outright (no locks) and a bounded mailbox (a crossbeam
+//! channel) that the network side and the client service feed: Raft messages, received
+//! snapshots, client writes and reads. One poller round:
+//!
+//! 1. take the mailbox's commands (up to a bound, so ticks and I/O are never starved), stepping
+//!    messages into their range's peer, proposing writes, starting reads;
+//! 2. tick the ranges that are due: each range ticks on its own phase within the tick interval,
+//!    so the ranges of a node (and of a cluster) do not time out in lockstep;
+//! 3. `Store::round`: every Ready of the shard in ONE synced write, then apply;
+//! 4. send the outgoing messages grouped by node through the [`Network`], start snapshot
+//!    streams, complete the writes whose entries applied and the reads whose index applied;
+//! 5. time out requests past their deadline.
+//!
+//! Queues are bounded: a full mailbox drops Raft messages (Raft retries) and refuses client
+//! requests with `ServerBusy`; pending requests per poller are capped the same way. Replies go
+//! back on tokio oneshot channels, so the async service never blocks a poller nor the reverse.
+//!
+//! A storage failure stops the poller (fail-stop, DESIGN section 3): its pending requests are
+//! answered with an internal error and the node reports itself halted.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender, TrySendError};
+use flotilla_transport::kv::{RaftCommand, WriteResponse};
+use flotilla_transport::raft::{Message, MessageType};
+use flotilla_transport::service::{read_request, read_response, ReadConsistency, ReadRequest};
+use tokio::sync::oneshot;
+
+use super::peer::PeerError;
+use super::replicas::{Outcome, ProposeRefused, Store, StoreRound};
+use crate::kv::{self, check_range, KvConfig, KvError};
+use crate::raft::{Config, ReadError as RaftReadError, Role};
+use crate::storage::{Engine, ReceivedSnapshot, SnapshotParts};
+
+/// Where the runtime's outgoing traffic goes: the QUIC transport on a node, an in-memory
+/// network in tests.
+pub trait Network: Send + Sync + 'static {
+    /// Queues Raft messages (each with its range) for `to_node`. Must not block; may drop.
+    fn send(&self, to_node: u64, messages: Vec<(u64, Message)>);
+    /// Streams a snapshot of `range_id` to `to_node`: the leader's Snapshot message and the
+    /// built snapshot. `done(success)` must be called once, from any thread, when it ends.
+    fn send_snapshot(
+        &self,
+        to_node: u64,
+        range_id: u64,
+        message: Message,
+        parts: SnapshotParts,
+        done: Box<dyn FnOnce(bool) + Send>,
+    );
+}
+
+/// Settings of the runtime.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    pub node_id: u64,
+    /// Template of every replica's Raft config.
+    pub raft: Config,
+    pub kv: KvConfig,
+    /// The Raft tick (DESIGN section 12: 100 ms).
+    pub tick: Duration,
+    /// Poller threads.
+    pub pollers: usize,
+    /// Commands each poller's mailbox holds.
+    pub mailbox_capacity: usize,
+    /// Client requests in flight per poller before new ones get `ServerBusy`.
+    pub max_pending_requests: usize,
+    /// Commands a poller takes from its mailbox per round.
+    pub max_commands_per_round: usize,
+    /// Size of the chunks of outgoing snapshots.
+    pub snapshot_chunk_bytes: usize,
+}
+
+impl RuntimeConfig {
+    pub fn new(node_id: u64) -> Self {
+        Self {
+            node_id,
+            raft: Config::default(),
+            kv: KvConfig::default(),
+            tick: Duration::from_millis(100),
+            pollers: 2,
+            mailbox_capacity: 65_536,
+            max_pending_requests: 65_536,
+            max_commands_per_round: 4096,
+            snapshot_chunk_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Why the runtime could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+    #[error("cannot start a poller thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// Why a request failed inside the node.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// Refused with a typed error the client acts on.
+    #[error(transparent)]
+    Refused(#[from] KvError),
+    /// The node cannot serve (storage failure, shutting down).
+    #[error("node unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub type WriteResult = Result<WriteResponse, RequestError>;
+pub type ReadResult = Result<read_response::Response, RequestError>;
+
+enum Command {
+    Raft(u64, Message),
+    Snapshot(u64, Message, Box<ReceivedSnapshot>),
+    SnapshotDone {
+        range_id: u64,
+        to: u64,
+        ok: bool,
+    },
+    Write {
+        command: RaftCommand,
+        reply: oneshot::Sender<WriteResult>,
+        deadline: Instant,
+    },
+    Read {
+        request: ReadRequest,
+        reply: oneshot::Sender<ReadResult>,
+        deadline: Instant,
+    },
+    With(Box<dyn FnOnce(&mut Store) + Send>),
+    Stop,
+}
+
+/// A cheap handle for feeding the runtime from any thread or task.
+#[derive(Clone)]
+pub struct RuntimeHandle {
+    mailboxes: Arc<Vec<Sender<Command>>>,
+    halted: Arc<AtomicBool>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for RuntimeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeHandle")
+            .field("pollers", &self.mailboxes.len())
+            .field("halted", &self.is_halted())
+            .finish()
+    }
+}
+
+fn poller_of(range_id: u64, pollers: usize) -> usize {
+    (range_id % pollers as u64) as usize
+}
+
+impl RuntimeHandle {
+    fn mailbox(&self, range_id: u64) -> &Sender<Command> {
+        &self.mailboxes[poller_of(range_id, self.mailboxes.len())]
+    }
+
+    /// Whether a poller stopped on a storage failure.
+    pub fn is_halted(&self) -> bool {
+        self.halted.load(Ordering::Relaxed)
+    }
+
+    /// Raft messages dropped because a mailbox was full.
+    pub fn dropped_messages(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Hands a Raft message to its range. Never blocks: a full mailbox drops it.
+    pub fn deliver(&self, range_id: u64, message: Message) {
+        if self
+            .mailbox(range_id)
+            .try_send(Command::Raft(range_id, message))
+            .is_err()
+        {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("flotilla_store_mailbox_dropped_total").increment(1);
+        }
+    }
+
+    /// Hands a received, verified snapshot (with the leader's message) to its range.
+    pub fn deliver_snapshot(&self, range_id: u64, message: Message, data: ReceivedSnapshot) {
+        if self
+            .mailbox(range_id)
+            .try_send(Command::Snapshot(range_id, message, Box::new(data)))
+            .is_err()
+        {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("flotilla_store_mailbox_dropped_total").increment(1);
+        }
+    }
+
+    fn submit<T>(
+        &self,
+        range_id: u64,
+        make: impl FnOnce(oneshot::Sender<Result<T, RequestError>>) -> Command,
+    ) -> oneshot::Receiver<Result<T, RequestError>> {
+        let (tx, rx) = oneshot::channel();
+        match self.mailbox(range_id).try_send(make(tx)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(c)) => reply_command(
+                c,
+                KvError::ServerBusy("the range's mailbox is full".into()).into(),
+            ),
+            Err(TrySendError::Disconnected(c)) => {
+                reply_command(c, RequestError::Unavailable("the node is stopping".into()))
+            }
+        }
+        rx
+    }
+
+    /// Proposes a client write; the answer comes when it applied, failed, or the deadline
+    /// passed (`Timeout`: it may still apply; a retry with the same sequence number learns
+    /// the outcome).
+    pub fn write(&self, command: RaftCommand, deadline: Instant) -> oneshot::Receiver<WriteResult> {
+        let range_id = command.header.as_ref().map_or(0, |h| h.range_id);
+        self.submit(range_id, |reply| Command::Write {
+            command,
+            reply,
+            deadline,
+        })
+    }
+
+    /// Serves a client read at the consistency it asks for.
+    pub fn read(&self, request: ReadRequest, deadline: Instant) -> oneshot::Receiver<ReadResult> {
+        let range_id = request.range_id;
+        self.submit(range_id, |reply| Command::Read {
+            request,
+            reply,
+            deadline,
+        })
+    }
+
+    /// Runs `f` on every poller's store (status, leadership transfer): one answer per poller.
+    pub fn on_every_store<R: Send + 'static>(
+        &self,
+        f: impl Fn(&mut Store) -> R + Send + Sync + 'static,
+    ) -> Vec<oneshot::Receiver<R>> {
+        let f = Arc::new(f);
+        self.mailboxes
+            .iter()
+            .map(|mailbox| {
+                let (tx, rx) = oneshot::channel();
+                let f = f.clone();
+                let _ = mailbox.try_send(Command::With(Box::new(move |store| {
+                    let _ = tx.send(f(store));
+                })));
+                rx
+            })
+            .collect()
+    }
+}
+
+fn reply_command(command: Command, error: RequestError) {
+    match command {
+        Command::Write { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        Command::Read { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        _ => {}
+    }
+}
+
+/// The pollers of one node.
+pub struct Runtime {
+    handle: RuntimeHandle,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("handle", &self.handle)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// Opens every range of `engine` and starts the pollers.
+    ///
+    /// # Errors
+    /// [`RuntimeError`] for a damaged range; nothing is started then.
+    pub fn start(
+        engine: Arc<Engine>,
+        config: RuntimeConfig,
+        network: Arc<dyn Network>,
+    ) -> Result<Self, RuntimeError> {
+        let pollers = config.pollers.max(1);
+        let config = Arc::new(config);
+        let mut stores = Vec::with_capacity(pollers);
+        for index in 0..pollers {
+            stores.push(Store::open_shard(
+                engine.clone(),
+                config.node_id,
+                config.raft.clone(),
+                config.kv.clone(),
+                |range_id| poller_of(range_id, pollers) == index,
+            )?);
+        }
+        let mut senders = Vec::with_capacity(pollers);
+        let mut receivers = Vec::with_capacity(pollers);
+        for _ in 0..pollers {
+            let (tx, rx) = channel::bounded(config.mailbox_capacity);
+            senders.push(tx);
+            receivers.push(rx);
+        }
+        let handle = RuntimeHandle {
+            mailboxes: Arc::new(senders.clone()),
+            halted: Arc::new(AtomicBool::new(false)),
+            dropped: Arc::new(AtomicU64::new(0)),
+        };
+        let mut threads = Vec::with_capacity(pollers);
+        for (index, (store, rx)) in stores.into_iter().zip(receivers).enumerate() {
+            let mut poller = Poller::new(
+                index,
+                store,
+                config.clone(),
+                network.clone(),
+                rx,
+                senders[index].clone(),
+                handle.halted.clone(),
+            );
+            let thread = std::thread::Builder::new()
+                .name(format!("flotilla-poller-{index}"))
+                .spawn(move || poller.run())?;
+            threads.push(thread);
+        }
+        Ok(Self { handle, threads })
+    }
+
+    pub fn handle(&self) -> &RuntimeHandle {
+        &self.handle
+    }
+
+    /// Stops the pollers after their current round; requests still pending are answered
+    /// `Unavailable`. Returns when every poller has exited.
+    pub fn stop(self) {
+        for mailbox in self.handle.mailboxes.iter() {
+            // A blocking send: the stop must arrive even behind a full mailbox.
+            let _ = mailbox.send(Command::Stop);
+        }
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct PendingWrite {
+    term: u64,
+    reply: oneshot::Sender<WriteResult>,
+    deadline: Instant,
+    started: Instant,
+}
+
+struct PendingRead {
+    request: ReadRequest,
+    reply: oneshot::Sender<ReadResult>,
+    deadline: Instant,
+}
+
+struct Poller {
+    index: usize,
+    store: Store,
+    config: Arc<RuntimeConfig>,
+    network: Arc<dyn Network>,
+    rx: Receiver<Command>,
+    /// Our own mailbox, for snapshot streams to report back.
+    tx: Sender<Command>,
+    halted: Arc<AtomicBool>,
+    /// When each range ticks next.
+    ticks: BinaryHeap<Reverse<(Instant, u64)>>,
+    writes: HashMap<(u64, u64), PendingWrite>,
+    reads: HashMap<u64, PendingRead>,
+    /// Reads confirmed at an index, waiting for their range to apply up to it.
+    confirmed: BTreeMap<u64, Vec<(u64, u64)>>,
+    next_read_id: u64,
+    next_expiry: Instant,
+    next_gauges: Instant,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis().try_into().unwrap_or(u64::MAX))
+}
+
+/// A range's tick phase within the interval: spread by a hash of node and range.
+fn phase(node_id: u64, range_id: u64, tick: Duration) -> Duration {
+    let mut x = node_id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ range_id;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    let nanos = tick.as_nanos().max(1) as u64;
+    Duration::from_nanos(x % nanos)
+}
+
+impl Poller {
+    fn new(
+        index: usize,
+        store: Store,
+        config: Arc<RuntimeConfig>,
+        network: Arc<dyn Network>,
+        rx: Receiver<Command>,
+        tx: Sender<Command>,
+        halted: Arc<AtomicBool>,
+    ) -> Self {
+        let now = Instant::now();
+        let ticks = store
+            .range_ids()
+            .map(|r| Reverse((now + phase(config.node_id, r, config.tick), r)))
+            .collect();
+        Self {
+            index,
+            store,
+            config,
+            network,
+            rx,
+            tx,
+            halted,
+            ticks,
+            writes: HashMap::new(),
+            reads: HashMap::new(),
+            confirmed: BTreeMap::new(),
+            next_read_id: 1,
+            next_expiry: now,
+            next_gauges: now,
+        }
+    }
+
+    fn run(&mut self) {
+        let node = self.config.node_id;
+        tracing::info!(
+            node,
+            poller = self.index,
+            ranges = self.ticks.len(),
+            "poller started"
+        );
+        match self.run_rounds() {
+            Ok(()) => {
+                self.fail_pending("the node is stopping");
+                tracing::info!(node, poller = self.index, "poller stopped");
+            }
+            Err(e) => {
+                self.halted.store(true, Ordering::Relaxed);
+                metrics::counter!("flotilla_store_halts_total").increment(1);
+                tracing::error!(node, poller = self.index, error = %e,
+                    "storage failure: this node's replicas stop (fail-stop)");
+                self.fail_pending(&format!("storage failure: {e}"));
+            }
+        }
+    }
+
+    fn next_wake(&self) -> Instant {
+        let tick = self.ticks.peek().map(|Reverse((t, _))| *t);
+        let house = self.next_expiry.min(self.next_gauges);
+        tick.map_or(house, |t| t.min(house))
+    }
+
+    fn run_rounds(&mut self) -> Result<(), PeerError> {
+        loop {
+            let wait = self.next_wake().saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(wait) {
+                Ok(command) => {
+                    if !self.handle(command)? {
+                        return Ok(());
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+            for _ in 1..self.config.max_commands_per_round {
+                match self.rx.try_recv() {
+                    Ok(command) => {
+                        if !self.handle(command)? {
+                            return Ok(());
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+            let now = Instant::now();
+            self.tick_due(now)?;
+            let round = self.store.round()?;
+            self.dispatch(round);
+            if now >= self.next_expiry {
+                self.expire(now);
+                self.next_expiry = now + self.config.tick;
+            }
+            if now >= self.next_gauges {
+                self.gauges();
+                self.next_gauges = now + Duration::from_secs(1);
+            }
+        }
+    }
+
+    fn tick_due(&mut self, now: Instant) -> Result<(), PeerError> {
+        while let Some(Reverse((due, range_id))) = self.ticks.peek().copied() {
+            if due > now {
+                break;
+            }
+            self.ticks.pop();
+            if self.store.peer(range_id).is_none() {
+                continue;
+            }
+            self.store.tick_range(range_id)?;
+            // A poller that fell behind does not tick a range twice to catch up.
+            let next = (due + self.config.tick).max(now);
+            self.ticks.push(Reverse((next, range_id)));
+        }
+        Ok(())
+    }
+
+    /// Handles one command; `false` to stop.
+    fn handle(&mut self, command: Command) -> Result<bool, PeerError> {
+        match command {
+            Command::Raft(range_id, message) => {
+                self.store.step(range_id, message)?;
+            }
+            Command::Snapshot(range_id, message, data) => {
+                if let Some(peer) = self.store.peer_mut(range_id) {
+                    match peer.step_snapshot(message, *data) {
+                        Ok(()) => {}
+                        Err(e @ (PeerError::SnapshotMismatch { .. } | PeerError::Raft(_))) => {
+                            tracing::warn!(node = self.config.node_id, range = range_id,
+                                error = %e, "snapshot refused");
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Command::SnapshotDone { range_id, to, ok } => {
+                if let Some(peer) = self.store.peer_mut(range_id) {
+                    peer.raft().report_snapshot(to, ok);
+                }
+            }
+            Command::Write {
+                command,
+                reply,
+                deadline,
+            } => self.propose(command, reply, deadline),
+            Command::Read {
+                request,
+                reply,
+                deadline,
+            } => self.start_read(request, reply, deadline),
+            Command::With(f) => f(&mut self.store),
+            Command::Stop => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    fn busy(&self) -> bool {
+        self.writes.len() + self.reads.len() >= self.config.max_pending_requests
+    }
+
+    fn not_leader(&mut self, range_id: u64) -> KvError {
+        KvError::NotLeader {
+            range_id,
+            leader_node: self
+                .store
+                .leader_node(range_id)
+                .filter(|n| *n != self.config.node_id),
+            leader_addr: None,
+        }
+    }
+
+    fn propose(
+        &mut self,
+        command: RaftCommand,
+        reply: oneshot::Sender<WriteResult>,
+        deadline: Instant,
+    ) {
+        if self.busy() {
+            let _ = reply.send(Err(KvError::ServerBusy(
+                "too many requests in flight".into(),
+            )
+            .into()));
+            return;
+        }
+        let (Some(header), Some(request)) = (command.header, command.request) else {
+            let _ = reply.send(Err(KvError::Malformed(
+                "a write needs a header and a known operation".into(),
+            )
+            .into()));
+            return;
+        };
+        if request.request.is_none() {
+            let _ = reply.send(Err(
+                KvError::Malformed("unknown write operation".into()).into()
+            ));
+            return;
+        }
+        let range_id = header.range_id;
+        match self.store.propose_write(header, request, now_ms()) {
+            Ok(ticket) => {
+                metrics::counter!("flotilla_raft_proposals_total").increment(1);
+                self.writes.insert(
+                    (ticket.range_id, ticket.index),
+                    PendingWrite {
+                        term: ticket.term,
+                        reply,
+                        deadline,
+                        started: Instant::now(),
+                    },
+                );
+            }
+            Err(ProposeRefused::NotLeader { .. }) => {
+                let e = self.not_leader(range_id);
+                let _ = reply.send(Err(e.into()));
+            }
+            Err(ProposeRefused::Kv(e)) => {
+                let _ = reply.send(Err(e.into()));
+            }
+            Err(ProposeRefused::Busy { reason, .. }) => {
+                let _ = reply.send(Err(KvError::ServerBusy(reason).into()));
+            }
+        }
+    }
+
+    fn start_read(
+        &mut self,
+        request: ReadRequest,
+        reply: oneshot::Sender<ReadResult>,
+        deadline: Instant,
+    ) {
+        if self.busy() {
+            let _ = reply.send(Err(KvError::ServerBusy(
+                "too many requests in flight".into(),
+            )
+            .into()));
+            return;
+        }
+        let range_id = request.range_id;
+        let Some(peer) = self.store.peer_mut(range_id) else {
+            let _ = reply.send(Err(KvError::RangeNotFound(range_id).into()));
+            return;
+        };
+        if let Err(e) = check_range(
+            peer.applier().descriptor(),
+            range_id,
+            request.epoch.as_ref(),
+        ) {
+            let _ = reply.send(Err(e.into()));
+            return;
+        }
+        let consistency =
+            ReadConsistency::try_from(request.consistency).unwrap_or(ReadConsistency::Linearizable);
+        let is_leader = peer.raft().status().role == Role::Leader;
+        match consistency {
+            ReadConsistency::Stale => {
+                let _ = reply.send(serve(&self.store, &request));
+                return;
+            }
+            ReadConsistency::Linearizable if !is_leader => {
+                let e = self.not_leader(range_id);
+                let _ = reply.send(Err(e.into()));
+                return;
+            }
+            _ => {}
+        }
+        let id = self.next_read_id;
+        self.next_read_id += 1;
+        let context = Bytes::copy_from_slice(&id.to_be_bytes());
+        let Some(peer) = self.store.peer_mut(range_id) else {
+            return;
+        };
+        match peer.raft().read_index(context) {
+            Ok(()) => {
+                self.reads.insert(
+                    id,
+                    PendingRead {
+                        request,
+                        reply,
+                        deadline,
+                    },
+                );
+            }
+            Err(RaftReadError::NoLeader) => {
+                let e = self.not_leader(range_id);
+                let _ = reply.send(Err(e.into()));
+            }
+            Err(RaftReadError::TooManyPending { limit }) => {
+                let _ = reply.send(Err(KvError::ServerBusy(format!(
+                    "{limit} reads already wait for the leader"
+                ))
+                .into()));
+            }
+            Err(RaftReadError::Halted(why)) => {
+                let _ = reply.send(Err(RequestError::Unavailable(why)));
+            }
+        }
+    }
+
+    fn dispatch(&mut self, round: StoreRound) {
+        let StoreRound {
+            outbox,
+            reads,
+            completed,
+            ..
+        } = round;
+        for (node, messages) in outbox {
+            if node == 0 || node == self.config.node_id {
+                continue;
+            }
+            let (snapshots, messages): (Vec<_>, Vec<_>) = messages
+                .into_iter()
+                .partition(|(_, m)| m.msg_type == MessageType::Snapshot as i32);
+            if !messages.is_empty() {
+                self.network.send(node, messages);
+            }
+            for (range_id, message) in snapshots {
+                self.start_snapshot(node, range_id, message);
+            }
+        }
+        for (ticket, outcome) in completed {
+            let Some(pending) = self.writes.remove(&(ticket.range_id, ticket.index)) else {
+                continue;
+            };
+            metrics::histogram!("flotilla_raft_propose_commit_seconds")
+                .record(pending.started.elapsed().as_secs_f64());
+            let result = match outcome {
+                Outcome::Applied(response) if ticket.term == pending.term => Ok(response),
+                Outcome::Applied(_) | Outcome::Dropped => Err(KvError::ProposalDropped {
+                    range_id: ticket.range_id,
+                }
+                .into()),
+                Outcome::Unknown => Err(KvError::Timeout.into()),
+            };
+            let _ = pending.reply.send(result);
+        }
+        for (range_id, state) in reads {
+            let Ok(raw) = <[u8; 8]>::try_from(state.context.as_ref()) else {
+                continue;
+            };
+            let id = u64::from_be_bytes(raw);
+            if self.reads.contains_key(&id) {
+                self.confirmed
+                    .entry(range_id)
+                    .or_default()
+                    .push((state.index, id));
+            }
+        }
+        self.serve_confirmed();
+    }
+
+    /// Serves the confirmed reads whose range has applied up to their index.
+    fn serve_confirmed(&mut self) {
+        let mut done = Vec::new();
+        for (range_id, waiting) in &mut self.confirmed {
+            let applied = self
+                .store
+                .peer(*range_id)
+                .map_or(u64::MAX, |p| p.applier().applied_index());
+            waiting.retain(|(index, id)| {
+                if *index <= applied {
+                    done.push(*id);
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        self.confirmed.retain(|_, w| !w.is_empty());
+        for id in done {
+            if let Some(read) = self.reads.remove(&id) {
+                let _ = read.reply.send(serve(&self.store, &read.request));
+            }
+        }
+    }
+
+    fn start_snapshot(&mut self, node: u64, range_id: u64, mut message: Message) {
+        let to = message.to;
+        let Some(peer) = self.store.peer_mut(range_id) else {
+            return;
+        };
+        match peer.prepare_snapshot(&mut message, self.config.snapshot_chunk_bytes) {
+            Ok(parts) => {
+                metrics::counter!("flotilla_store_snapshots_sent_total").increment(1);
+                let tx = self.tx.clone();
+                let done = Box::new(move |ok: bool| {
+                    let _ = tx.send(Command::SnapshotDone { range_id, to, ok });
+                });
+                self.network
+                    .send_snapshot(node, range_id, message, parts, done);
+            }
+            Err(e) => {
+                tracing::warn!(node = self.config.node_id, range = range_id, error = %e,
+                    "cannot build a snapshot");
+                peer.raft().report_snapshot(to, false);
+            }
+        }
+    }
+
+    /// Answers requests past their deadline with `Timeout`.
+    fn expire(&mut self, now: Instant) {
+        let expired: Vec<(u64, u64)> = self
+            .writes
+            .iter()
+            .filter(|(_, w)| w.deadline <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in expired {
+            if let Some(w) = self.writes.remove(&key) {
+                let _ = w.reply.send(Err(KvError::Timeout.into()));
+            }
+        }
+        let expired: Vec<u64> = self
+            .reads
+            .iter()
+            .filter(|(_, r)| r.deadline <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for id in expired {
+            if let Some(r) = self.reads.remove(&id) {
+                let _ = r.reply.send(Err(KvError::Timeout.into()));
+            }
+        }
+    }
+
+    fn gauges(&mut self) {
+        let poller = self.index.to_string();
+        let ids: Vec<u64> = self.store.range_ids().collect();
+        let mut leaders = 0u64;
+        let mut lag = 0u64;
+        for range_id in &ids {
+            if let Some(peer) = self.store.peer_mut(*range_id) {
+                let status = peer.raft().status();
+                if status.role == Role::Leader {
+                    leaders += 1;
+                }
+                lag += status
+                    .committed
+                    .saturating_sub(peer.applier().applied_index());
+            }
+        }
+        metrics::gauge!("flotilla_store_ranges", "poller" => poller.clone()).set(ids.len() as f64);
+        metrics::gauge!("flotilla_store_leaders", "poller" => poller.clone()).set(leaders as f64);
+        metrics::gauge!("flotilla_store_apply_lag_entries", "poller" => poller.clone())
+            .set(lag as f64);
+        metrics::gauge!("flotilla_store_pending_requests", "poller" => poller)
+            .set((self.writes.len() + self.reads.len()) as f64);
+    }
+
+    fn fail_pending(&mut self, why: &str) {
+        for (_, w) in self.writes.drain() {
+            let _ = w
+                .reply
+                .send(Err(RequestError::Unavailable(why.to_string())));
+        }
+        for (_, r) in self.reads.drain() {
+            let _ = r
+                .reply
+                .send(Err(RequestError::Unavailable(why.to_string())));
+        }
+        while let Ok(command) = self.rx.try_recv() {
+            reply_command(command, RequestError::Unavailable(why.to_string()));
+        }
+    }
+}
+
+/// Serves a read from the range's applied state.
+fn serve(store: &Store, request: &ReadRequest) -> ReadResult {
+    let range_id = request.range_id;
+    let peer = store
+        .peer(range_id)
+        .ok_or(KvError::RangeNotFound(range_id))?;
+    let descriptor = peer.applier().descriptor();
+    let config = peer.applier().config();
+    check_range(descriptor, range_id, request.epoch.as_ref())?;
+    let engine = store.engine();
+    let result = match &request.request {
+        Some(read_request::Request::Get(get)) => {
+            kv::get(engine, descriptor, &get.key, config).map(read_response::Response::Get)
+        }
+        Some(read_request::Request::Scan(scan)) => {
+            kv::scan(engine, descriptor, scan, config).map(read_response::Response::Scan)
+        }
+        None => return Err(KvError::Malformed("unknown read operation".into()).into()),
+    };
+    result.map_err(|e| match e {
+        kv::ReadError::Refused(e) => RequestError::Refused(e),
+        kv::ReadError::Storage(e) => RequestError::Unavailable(e.to_string()),
+    })
+}

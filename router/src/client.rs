@@ -1,0 +1,608 @@
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use flotilla_transport::kv::{
+    txn_op, write_request, write_response, CommandHeader, DeleteRangeRequest, DeleteRequest,
+    ErrorCode, GetRequest, KeyValue, KvError as WireError, PutRequest, RaftCommand, ScanRequest,
+    TxnRequest, TxnResponse, WriteRequest, WriteResponse,
+};
+use flotilla_transport::service::{
+    read_request, read_response, ClusterInfo, NodeStatus, ReadConsistency, ReadRequest,
+    ReadResponse,
+};
+use flotilla_transport::wire::RpcCode;
+use flotilla_transport::{ClientEndpoint, TransportError};
+use parking_lot::Mutex;
+use prost::Message as _;
+use rand::Rng;
+
+use crate::cache::{RangeCache, Route};
+use crate::config::ClientConfig;
+use crate::error::ClientError;
+
+const USER_KEY_PREFIX: u8 = 0x01;
+
+fn internal(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 1);
+    k.push(USER_KEY_PREFIX);
+    k.extend_from_slice(key);
+    k
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis().try_into().unwrap_or(u64::MAX))
+}
+
+/// What one attempt at one node ended with.
+enum Step<T> {
+    Done(T),
+    /// Worth another attempt (the cache or the target was corrected); why, for the error
+    /// after the deadline.
+    Retry(String),
+    Fail(ClientError),
+}
+
+/// A connection to a cluster. Cheap to clone; share one per process.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ClientConfig,
+    endpoint: ClientEndpoint,
+    cache: Mutex<RangeCache>,
+    nodes: Mutex<BTreeMap<u64, SocketAddr>>,
+    client_id: u64,
+    session_start_ms: u64,
+    next_seq: AtomicU64,
+    /// Sequence numbers of writes without a final answer yet.
+    outstanding: Mutex<BTreeSet<u64>>,
+    next_endpoint: AtomicUsize,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("cluster_id", &self.inner.config.cluster_id)
+            .field("client_id", &self.inner.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects to the cluster through any of the configured endpoints and loads its routes.
+    /// Must run inside a tokio runtime.
+    ///
+    /// # Errors
+    /// [`ClientError::Config`], or [`ClientError::Timeout`] when no endpoint answered.
+    pub async fn connect(config: ClientConfig) -> Result<Self, ClientError> {
+        if config.endpoints.is_empty() {
+            return Err(ClientError::Config("no endpoints".into()));
+        }
+        let bind: SocketAddr = if config.endpoints[0].is_ipv6() {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        }
+        .parse()
+        .map_err(|e| ClientError::Config(format!("bind address: {e}")))?;
+        let endpoint = ClientEndpoint::new(&config.cluster_id, &config.tls, bind)?;
+        let client = Self {
+            inner: Arc::new(Inner {
+                config,
+                endpoint,
+                cache: Mutex::new(RangeCache::default()),
+                nodes: Mutex::new(BTreeMap::new()),
+                client_id: rand::rng().random_range(1..u64::MAX),
+                session_start_ms: now_ms(),
+                next_seq: AtomicU64::new(1),
+                outstanding: Mutex::new(BTreeSet::new()),
+                next_endpoint: AtomicUsize::new(0),
+            }),
+        };
+        let deadline = Instant::now() + client.inner.config.deadline;
+        let mut last = String::from("no attempt");
+        while Instant::now() < deadline {
+            match client.refresh().await {
+                Ok(()) => return Ok(client),
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(ClientError::Timeout {
+            deadline_ms: client.inner.config.deadline.as_millis() as u64,
+            last,
+        })
+    }
+
+    /// This client's id in the servers' session tables.
+    pub fn client_id(&self) -> u64 {
+        self.inner.client_id
+    }
+
+    /// Every address the client knows: the configured endpoints and the members learned.
+    fn addresses(&self) -> Vec<SocketAddr> {
+        let mut all: Vec<SocketAddr> = self.inner.nodes.lock().values().copied().collect();
+        for e in &self.inner.config.endpoints {
+            if !all.contains(e) {
+                all.push(*e);
+            }
+        }
+        all
+    }
+
+    fn next_address(&self) -> SocketAddr {
+        let all = self.addresses();
+        let i = self.inner.next_endpoint.fetch_add(1, Ordering::Relaxed);
+        all[i % all.len()]
+    }
+
+    async fn call(
+        &self,
+        addr: SocketAddr,
+        method: &str,
+        body: Vec<u8>,
+    ) -> Result<Bytes, TransportError> {
+        self.inner
+            .endpoint
+            .call(addr, method, body.into(), self.inner.config.attempt_timeout)
+            .await
+    }
+
+    /// What the node at `addr` knows of the cluster.
+    ///
+    /// # Errors
+    /// [`ClientError::Transport`].
+    pub async fn cluster_info(&self, addr: SocketAddr) -> Result<ClusterInfo, ClientError> {
+        let body = self.call(addr, "cluster.Info", Vec::new()).await?;
+        ClusterInfo::decode(body)
+            .map_err(|e| ClientError::Config(format!("undecodable cluster info: {e}")))
+    }
+
+    /// The status of the node at `addr`.
+    ///
+    /// # Errors
+    /// [`ClientError::Transport`].
+    pub async fn node_status(&self, addr: SocketAddr) -> Result<NodeStatus, ClientError> {
+        let body = self.call(addr, "node.Status", Vec::new()).await?;
+        NodeStatus::decode(body)
+            .map_err(|e| ClientError::Config(format!("undecodable node status: {e}")))
+    }
+
+    /// Reloads members and routes from the next node that answers.
+    async fn refresh(&self) -> Result<(), ClientError> {
+        let mut last = None;
+        for _ in 0..self.addresses().len() {
+            let addr = self.next_address();
+            match self.cluster_info(addr).await {
+                Ok(info) => {
+                    let mut nodes = self.inner.nodes.lock();
+                    for n in &info.nodes {
+                        if let Ok(a) = n.addr.parse() {
+                            nodes.insert(n.node_id, a);
+                        }
+                    }
+                    drop(nodes);
+                    let mut cache = self.inner.cache.lock();
+                    for r in info.ranges {
+                        if let Some(d) = r.descriptor {
+                            cache.insert(d, r.leader_node);
+                        }
+                    }
+                    return Ok(());
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Config("no endpoints".into())))
+    }
+
+    /// The node to try for `route`: its leader when known, else its replicas in turn.
+    fn target(&self, route: &Route) -> SocketAddr {
+        let nodes = self.inner.nodes.lock();
+        if let Some(addr) = nodes.get(&route.leader_node) {
+            return *addr;
+        }
+        let candidates: Vec<SocketAddr> = route
+            .descriptor
+            .replicas
+            .iter()
+            .filter_map(|r| nodes.get(&r.node_id).copied())
+            .collect();
+        drop(nodes);
+        if candidates.is_empty() {
+            return self.next_address();
+        }
+        let i = self.inner.next_endpoint.fetch_add(1, Ordering::Relaxed);
+        candidates[i % candidates.len()]
+    }
+
+    /// Acts on a typed refusal: corrects the cache and says whether to retry.
+    fn on_refusal<T>(&self, route: &Route, e: &WireError) -> Step<T> {
+        let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified);
+        let range_id = route.descriptor.id;
+        match code {
+            ErrorCode::NotLeader => {
+                if let Ok(addr) = e.leader_addr.parse::<SocketAddr>() {
+                    self.inner.nodes.lock().insert(e.leader_node, addr);
+                }
+                self.inner.cache.lock().set_leader(range_id, e.leader_node);
+                Step::Retry(e.message.clone())
+            }
+            ErrorCode::EpochNotMatch | ErrorCode::KeyNotInRange => {
+                let mut cache = self.inner.cache.lock();
+                match &e.current {
+                    Some(current) => cache.insert(current.clone(), route.leader_node),
+                    None => cache.remove(range_id),
+                }
+                Step::Retry(e.message.clone())
+            }
+            ErrorCode::RangeNotFound => {
+                self.inner.cache.lock().remove(range_id);
+                Step::Retry(e.message.clone())
+            }
+            ErrorCode::ServerBusy | ErrorCode::Timeout | ErrorCode::ProposalDropped => {
+                Step::Retry(e.message.clone())
+            }
+            _ => Step::Fail(ClientError::Refused {
+                code,
+                message: e.message.clone(),
+            }),
+        }
+    }
+
+    fn on_transport_error<T>(&self, route: &Route, e: &TransportError) -> Step<T> {
+        if let TransportError::Rpc {
+            code: RpcCode::BadRequest | RpcCode::UnknownMethod,
+            ..
+        } = e
+        {
+            return Step::Fail(ClientError::Refused {
+                code: ErrorCode::Malformed,
+                message: e.to_string(),
+            });
+        }
+        // The node may be down or partitioned: forget it as leader, try another.
+        self.inner.cache.lock().set_leader(route.descriptor.id, 0);
+        Step::Retry(e.to_string())
+    }
+
+    /// Runs `attempt` against the range of internal key `key` until it is done, fails for
+    /// good, or the deadline passes; backs off with jitter between attempts.
+    async fn with_retries<T, F, Fut>(&self, key: &[u8], mut attempt: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Route, SocketAddr) -> Fut,
+        Fut: Future<Output = Step<T>>,
+    {
+        let started = Instant::now();
+        let deadline = started + self.inner.config.deadline;
+        let mut backoff = Duration::from_millis(10);
+        let mut last = String::from("no attempt");
+        while Instant::now() < deadline {
+            let route = self.inner.cache.lock().locate(key);
+            let route = match route {
+                Some(r) => r,
+                None => {
+                    if let Err(e) = self.refresh().await {
+                        last = e.to_string();
+                    }
+                    let located = self.inner.cache.lock().locate(key);
+                    match located {
+                        Some(r) => r,
+                        None => {
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_millis(500));
+                            continue;
+                        }
+                    }
+                }
+            };
+            let addr = self.target(&route);
+            match attempt(route, addr).await {
+                Step::Done(v) => return Ok(v),
+                Step::Fail(e) => return Err(e),
+                Step::Retry(why) => {
+                    tracing::debug!(%addr, reason = %why, "retrying");
+                    last = why;
+                }
+            }
+            let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
+            tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+        Err(ClientError::Timeout {
+            deadline_ms: self.inner.config.deadline.as_millis() as u64,
+            last,
+        })
+    }
+
+    /// Applies one write to the range holding `routing_key` (a user key), exactly once.
+    ///
+    /// # Errors
+    /// [`ClientError`]; after a `Timeout` the write may or may not have applied.
+    pub async fn write(
+        &self,
+        routing_key: &[u8],
+        request: WriteRequest,
+    ) -> Result<WriteResponse, ClientError> {
+        let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
+        self.inner.outstanding.lock().insert(seq);
+        let result = self
+            .with_retries(&internal(routing_key), |route, addr| {
+                let first_unacked_seq = self
+                    .inner
+                    .outstanding
+                    .lock()
+                    .first()
+                    .copied()
+                    .unwrap_or(seq);
+                let command = RaftCommand {
+                    header: Some(CommandHeader {
+                        range_id: route.descriptor.id,
+                        epoch: route.descriptor.epoch,
+                        client_id: self.inner.client_id,
+                        seq,
+                        first_unacked_seq,
+                        session_start_ms: self.inner.session_start_ms,
+                        proposed_at_ms: 0,
+                    }),
+                    request: Some(request.clone()),
+                };
+                async move {
+                    match self.call(addr, "kv.Write", command.encode_to_vec()).await {
+                        Ok(body) => match WriteResponse::decode(body) {
+                            Ok(response) => match &response.response {
+                                Some(write_response::Response::Error(e)) => {
+                                    self.on_refusal(&route, e)
+                                }
+                                _ => Step::Done(response),
+                            },
+                            Err(e) => Step::Retry(format!("undecodable response: {e}")),
+                        },
+                        Err(e) => self.on_transport_error(&route, &e),
+                    }
+                }
+            })
+            .await;
+        self.inner.outstanding.lock().remove(&seq);
+        result
+    }
+
+    async fn read(
+        &self,
+        key: &[u8],
+        consistency: ReadConsistency,
+        request: read_request::Request,
+    ) -> Result<read_response::Response, ClientError> {
+        self.with_retries(key, |route, addr| {
+            let body = ReadRequest {
+                range_id: route.descriptor.id,
+                epoch: route.descriptor.epoch,
+                consistency: consistency as i32,
+                request: Some(request.clone()),
+            }
+            .encode_to_vec();
+            async move {
+                match self.call(addr, "kv.Read", body).await {
+                    Ok(body) => match ReadResponse::decode(body) {
+                        Ok(ReadResponse {
+                            response: Some(read_response::Response::Error(e)),
+                        }) => self.on_refusal(&route, &e),
+                        Ok(ReadResponse { response: Some(r) }) => Step::Done(r),
+                        Ok(ReadResponse { response: None }) => {
+                            Step::Retry("empty read response".into())
+                        }
+                        Err(e) => Step::Retry(format!("undecodable response: {e}")),
+                    },
+                    Err(e) => self.on_transport_error(&route, &e),
+                }
+            }
+        })
+        .await
+    }
+
+    /// The value of `key` (linearizable unless configured otherwise).
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<KeyValue>, ClientError> {
+        self.get_with(key, self.inner.config.read_consistency).await
+    }
+
+    /// The value of `key` at the given consistency.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn get_with(
+        &self,
+        key: impl AsRef<[u8]>,
+        consistency: ReadConsistency,
+    ) -> Result<Option<KeyValue>, ClientError> {
+        let key = key.as_ref();
+        let request = read_request::Request::Get(GetRequest {
+            key: Bytes::copy_from_slice(key),
+        });
+        match self.read(&internal(key), consistency, request).await? {
+            read_response::Response::Get(g) => Ok(g.kv),
+            _ => Err(ClientError::Config(
+                "a get answered with another response".into(),
+            )),
+        }
+    }
+
+    /// Keys of `[start, end)` in order (an empty `end`: to the end of the keyspace), at most
+    /// `limit` of them (0: no limit), across ranges.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn scan(
+        &self,
+        start: impl AsRef<[u8]>,
+        end: impl AsRef<[u8]>,
+        limit: usize,
+    ) -> Result<Vec<KeyValue>, ClientError> {
+        let end = Bytes::copy_from_slice(end.as_ref());
+        let mut from = Bytes::copy_from_slice(start.as_ref());
+        let mut out = Vec::new();
+        loop {
+            let want = if limit == 0 {
+                0
+            } else {
+                u32::try_from(limit - out.len()).unwrap_or(u32::MAX)
+            };
+            let request = read_request::Request::Scan(ScanRequest {
+                start: from.clone(),
+                end: end.clone(),
+                limit: want,
+                limit_bytes: 0,
+                keys_only: false,
+            });
+            let response = self
+                .read(
+                    &internal(&from),
+                    self.inner.config.read_consistency,
+                    request,
+                )
+                .await?;
+            let read_response::Response::Scan(scan) = response else {
+                return Err(ClientError::Config(
+                    "a scan answered with another response".into(),
+                ));
+            };
+            out.extend(scan.kvs);
+            if !scan.more || (limit != 0 && out.len() >= limit) {
+                return Ok(out);
+            }
+            from = scan.next_key;
+        }
+    }
+
+    /// Sets `key` to `value`; returns the write's revision.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn put(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl Into<Bytes>,
+    ) -> Result<u64, ClientError> {
+        let key = key.as_ref();
+        let request = write_request::Request::Put(PutRequest {
+            key: Bytes::copy_from_slice(key),
+            value: value.into(),
+            prev_kv: false,
+        });
+        let response = self
+            .write(
+                key,
+                WriteRequest {
+                    request: Some(request),
+                },
+            )
+            .await?;
+        Ok(response.revision)
+    }
+
+    /// Deletes `key`; returns how many keys were deleted (0 or 1).
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn delete(&self, key: impl AsRef<[u8]>) -> Result<u64, ClientError> {
+        let key = key.as_ref();
+        let request = write_request::Request::Delete(DeleteRequest {
+            key: Bytes::copy_from_slice(key),
+            prev_kv: false,
+        });
+        let response = self
+            .write(
+                key,
+                WriteRequest {
+                    request: Some(request),
+                },
+            )
+            .await?;
+        match response.response {
+            Some(write_response::Response::Delete(d)) => Ok(d.deleted),
+            _ => Ok(0),
+        }
+    }
+
+    /// Deletes the keys of `[start, end)` within one range.
+    ///
+    /// # Errors
+    /// [`ClientError`] (`KeyNotInRange` when the span crosses ranges).
+    pub async fn delete_range(
+        &self,
+        start: impl AsRef<[u8]>,
+        end: impl AsRef<[u8]>,
+    ) -> Result<u64, ClientError> {
+        let start = start.as_ref();
+        let request = write_request::Request::DeleteRange(DeleteRangeRequest {
+            start: Bytes::copy_from_slice(start),
+            end: Bytes::copy_from_slice(end.as_ref()),
+        });
+        let response = self
+            .write(
+                start,
+                WriteRequest {
+                    request: Some(request),
+                },
+            )
+            .await?;
+        match response.response {
+            Some(write_response::Response::DeleteRange(d)) => Ok(d.deleted),
+            _ => Ok(0),
+        }
+    }
+
+    /// A conditional transaction (etcd's Txn) within one range, routed by its first key.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn txn(&self, txn: TxnRequest) -> Result<(u64, TxnResponse), ClientError> {
+        let key = txn
+            .compares
+            .first()
+            .map(|c| c.key.clone())
+            .or_else(|| {
+                txn.success
+                    .iter()
+                    .chain(&txn.failure)
+                    .find_map(|op| match &op.op {
+                        Some(txn_op::Op::Put(p)) => Some(p.key.clone()),
+                        Some(txn_op::Op::Delete(d)) => Some(d.key.clone()),
+                        Some(txn_op::Op::Get(g)) => Some(g.key.clone()),
+                        Some(txn_op::Op::DeleteRange(d)) => Some(d.start.clone()),
+                        None => None,
+                    })
+            })
+            .unwrap_or_default();
+        let response = self
+            .write(
+                &key,
+                WriteRequest {
+                    request: Some(write_request::Request::Txn(txn)),
+                },
+            )
+            .await?;
+        match response.response {
+            Some(write_response::Response::Txn(t)) => Ok((response.revision, t)),
+            _ => Err(ClientError::Config(
+                "a txn answered with another response".into(),
+            )),
+        }
+    }
+
+    /// Closes the client's connections.
+    pub async fn close(&self) {
+        self.inner.endpoint.close().await;
+    }
+}

@@ -1,0 +1,371 @@
+//! `flotilla.toml`: the server's settings, every one with a default (DESIGN sections 11, 12).
+//! `DEFAULT_CONFIG` is the documented file `flotilla config` prints; a test keeps it equal to
+//! the defaults in code.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use flotilla_engine::kv::KvConfig;
+use flotilla_engine::node::NodeConfig;
+use flotilla_engine::raft::Config as RaftConfig;
+use flotilla_engine::storage::EngineConfig;
+use flotilla_engine::store::RuntimeConfig;
+use flotilla_transport::tls::TlsConfig;
+use flotilla_transport::TransportConfig;
+use serde::{Deserialize, Serialize};
+
+/// The documented default configuration.
+pub const DEFAULT_CONFIG: &str = r#"# flotilla.toml: the settings of one node. Every value shown is the default.
+# Flags of `flotilla server` override the file (see `flotilla server --help`).
+
+# The cluster's name: part of every certificate name; a node or client of another cluster is
+# refused. 1-63 lowercase letters, digits and '-'.
+cluster-id = "flotilla"
+# This node's id (>= 1), unique in the cluster. Required.
+node-id = 0
+# Where this node keeps its data (one RocksDB instance for all its ranges).
+data-dir = "./data"
+# The address peers and clients reach this node at (QUIC, UDP).
+listen = "127.0.0.1:7001"
+# Every initial member as `id=host:port`, comma-separated (like etcd's --initial-cluster). A
+# node with an empty data directory that is named here creates ranges 1 and 2 with all of them.
+initial-cluster = ""
+# Where Prometheus scrapes this node's metrics (HTTP); empty: no metrics endpoint.
+metrics-addr = ""
+# Log filter (tracing's env-filter syntax; RUST_LOG overrides) and format: "text" or "json".
+log-filter = "info"
+log-format = "text"
+
+[tls]
+# The cluster CA certificate, this node's certificate and its private key (PEM files), as
+# written by `flotilla certs` or `flotilla cluster up`. Required.
+ca = ""
+cert = ""
+key = ""
+
+[raft]
+# The Raft tick. Elections, heartbeats and leases are counted in ticks.
+tick-ms = 100
+# A follower campaigns after a random timeout in [t, 2t) ticks without a leader.
+election-timeout-ticks = 10
+heartbeat-interval-ticks = 1
+pre-vote = true
+check-quorum = true
+# Serve linearizable reads from the leader's lease without a heartbeat round.
+lease-reads = false
+max-inflight-msgs = 32
+max-size-per-msg-bytes = 1048576
+max-uncommitted-size-bytes = 67108864
+
+[store]
+# Poller threads: each runs a share of the ranges, with one synced write per round.
+pollers = 2
+# Commands a poller's mailbox holds; beyond, Raft messages are dropped and requests refused
+# with SERVER_BUSY.
+mailbox-capacity = 65536
+max-pending-requests = 65536
+snapshot-chunk-bytes = 1048576
+entry-cache-bytes = 268435456
+entry-cache-bytes-per-range = 4194304
+# How long a graceful shutdown (SIGTERM) waits for leaderships to move away.
+shutdown-timeout-ms = 5000
+
+[kv]
+# Must be the same on every node.
+max-key-bytes = 8192
+max-value-bytes = 8388608
+max-txn-ops = 128
+session-ttl-ms = 3600000
+max-clock-skew-ms = 60000
+"#;
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct ServerConfig {
+    pub cluster_id: String,
+    pub node_id: u64,
+    pub data_dir: PathBuf,
+    pub listen: String,
+    pub initial_cluster: String,
+    pub metrics_addr: String,
+    pub log_filter: String,
+    pub log_format: String,
+    pub tls: TlsFiles,
+    pub raft: RaftSection,
+    pub store: StoreSection,
+    pub kv: KvSection,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct RaftSection {
+    pub tick_ms: u64,
+    pub election_timeout_ticks: u64,
+    pub heartbeat_interval_ticks: u64,
+    pub pre_vote: bool,
+    pub check_quorum: bool,
+    pub lease_reads: bool,
+    pub max_inflight_msgs: usize,
+    pub max_size_per_msg_bytes: u64,
+    pub max_uncommitted_size_bytes: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct StoreSection {
+    pub pollers: usize,
+    pub mailbox_capacity: usize,
+    pub max_pending_requests: usize,
+    pub snapshot_chunk_bytes: usize,
+    pub entry_cache_bytes: u64,
+    pub entry_cache_bytes_per_range: u64,
+    pub shutdown_timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct KvSection {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    pub max_txn_ops: usize,
+    pub session_ttl_ms: u64,
+    pub max_clock_skew_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            cluster_id: "flotilla".into(),
+            node_id: 0,
+            data_dir: "./data".into(),
+            listen: "127.0.0.1:7001".into(),
+            initial_cluster: String::new(),
+            metrics_addr: String::new(),
+            log_filter: "info".into(),
+            log_format: "text".into(),
+            tls: TlsFiles::default(),
+            raft: RaftSection::default(),
+            store: StoreSection::default(),
+            kv: KvSection::default(),
+        }
+    }
+}
+
+impl Default for RaftSection {
+    fn default() -> Self {
+        let d = RaftConfig::default();
+        Self {
+            tick_ms: 100,
+            election_timeout_ticks: d.election_timeout_ticks,
+            heartbeat_interval_ticks: d.heartbeat_interval_ticks,
+            pre_vote: d.pre_vote,
+            check_quorum: d.check_quorum,
+            lease_reads: d.lease_reads,
+            max_inflight_msgs: d.max_inflight_msgs,
+            max_size_per_msg_bytes: d.max_size_per_msg_bytes,
+            max_uncommitted_size_bytes: d.max_uncommitted_size_bytes,
+        }
+    }
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        let r = RuntimeConfig::new(1);
+        let e = EngineConfig::new("", "", 1);
+        Self {
+            pollers: r.pollers,
+            mailbox_capacity: r.mailbox_capacity,
+            max_pending_requests: r.max_pending_requests,
+            snapshot_chunk_bytes: r.snapshot_chunk_bytes,
+            entry_cache_bytes: e.entry_cache_bytes,
+            entry_cache_bytes_per_range: e.entry_cache_bytes_per_range,
+            shutdown_timeout_ms: 5000,
+        }
+    }
+}
+
+impl Default for KvSection {
+    fn default() -> Self {
+        let k = KvConfig::default();
+        Self {
+            max_key_bytes: k.max_key_bytes,
+            max_value_bytes: k.max_value_bytes,
+            max_txn_ops: k.max_txn_ops,
+            session_ttl_ms: k.session_ttl_ms,
+            max_clock_skew_ms: k.max_clock_skew_ms,
+        }
+    }
+}
+
+/// Parses `1=127.0.0.1:7001,2=127.0.0.1:7002`.
+///
+/// # Errors
+/// A message naming the bad entry.
+pub fn parse_initial_cluster(s: &str) -> anyhow::Result<BTreeMap<u64, SocketAddr>> {
+    let mut members = BTreeMap::new();
+    for entry in s.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (id, addr) = entry
+            .split_once('=')
+            .ok_or_else(|| anyhow!("initial-cluster: {entry:?} is not id=host:port"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|e| anyhow!("initial-cluster: node id {id:?}: {e}"))?;
+        let addr: SocketAddr = addr
+            .trim()
+            .parse()
+            .map_err(|e| anyhow!("initial-cluster: address {addr:?}: {e}"))?;
+        if members.insert(id, addr).is_some() {
+            bail!("initial-cluster: node {id} named twice");
+        }
+    }
+    Ok(members)
+}
+
+fn read_file(path: &Path, field: &str) -> anyhow::Result<Vec<u8>> {
+    if path.as_os_str().is_empty() {
+        bail!("{field}: required (a PEM file)");
+    }
+    std::fs::read(path).with_context(|| format!("{field}: cannot read {}", path.display()))
+}
+
+impl ServerConfig {
+    /// Reads a config file; unknown fields are errors.
+    ///
+    /// # Errors
+    /// A message naming the file and the bad field.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))
+    }
+
+    /// The node's settings, validated; file paths relative to `base` (the config file's
+    /// directory).
+    ///
+    /// # Errors
+    /// A message naming the field that cannot work.
+    pub fn node_config(&self, base: &Path) -> anyhow::Result<NodeConfig> {
+        if self.node_id == 0 {
+            bail!("node-id: required (>= 1)");
+        }
+        let listen: SocketAddr = self
+            .listen
+            .parse()
+            .map_err(|e| anyhow!("listen: {:?}: {e}", self.listen))?;
+        let initial_cluster = parse_initial_cluster(&self.initial_cluster)?;
+        let resolve = |p: &Path| {
+            if p.is_relative() {
+                base.join(p)
+            } else {
+                p.to_path_buf()
+            }
+        };
+        let tls = TlsConfig::from_pem(
+            &read_file(&resolve(&self.tls.ca), "tls.ca")?,
+            &read_file(&resolve(&self.tls.cert), "tls.cert")?,
+            &read_file(&resolve(&self.tls.key), "tls.key")?,
+        )
+        .map_err(|e| anyhow!("tls: {e}"))?;
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            bail!(
+                "log-format: {:?} is neither \"text\" nor \"json\"",
+                self.log_format
+            );
+        }
+        if self.raft.tick_ms == 0 {
+            bail!("raft.tick-ms: must be positive");
+        }
+        let raft = RaftConfig {
+            election_timeout_ticks: self.raft.election_timeout_ticks,
+            heartbeat_interval_ticks: self.raft.heartbeat_interval_ticks,
+            pre_vote: self.raft.pre_vote,
+            check_quorum: self.raft.check_quorum,
+            lease_reads: self.raft.lease_reads,
+            max_inflight_msgs: self.raft.max_inflight_msgs,
+            max_size_per_msg_bytes: self.raft.max_size_per_msg_bytes,
+            max_uncommitted_size_bytes: self.raft.max_uncommitted_size_bytes,
+            seed: self.node_id,
+            ..RaftConfig::default()
+        };
+        let kv = KvConfig {
+            max_key_bytes: self.kv.max_key_bytes,
+            max_value_bytes: self.kv.max_value_bytes,
+            max_txn_ops: self.kv.max_txn_ops,
+            session_ttl_ms: self.kv.session_ttl_ms,
+            max_clock_skew_ms: self.kv.max_clock_skew_ms,
+            ..KvConfig::default()
+        };
+        let mut runtime = RuntimeConfig::new(self.node_id);
+        runtime.raft = raft;
+        runtime.kv = kv;
+        runtime.tick = Duration::from_millis(self.raft.tick_ms);
+        runtime.pollers = self.store.pollers;
+        runtime.mailbox_capacity = self.store.mailbox_capacity;
+        runtime.max_pending_requests = self.store.max_pending_requests;
+        runtime.snapshot_chunk_bytes = self.store.snapshot_chunk_bytes;
+        let mut engine = EngineConfig::new(
+            resolve(&self.data_dir),
+            self.cluster_id.clone(),
+            self.node_id,
+        );
+        engine.entry_cache_bytes = self.store.entry_cache_bytes;
+        engine.entry_cache_bytes_per_range = self.store.entry_cache_bytes_per_range;
+        let config = NodeConfig {
+            engine,
+            transport: TransportConfig::new(self.cluster_id.clone(), self.node_id, listen),
+            runtime,
+            tls,
+            initial_cluster,
+            shutdown_timeout: Duration::from_millis(self.store.shutdown_timeout_ms),
+        };
+        config.validate().map_err(|e| anyhow!("{e}"))?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_defaults_are_the_defaults() {
+        let parsed: ServerConfig = toml::from_str(DEFAULT_CONFIG).expect("parses");
+        assert_eq!(parsed, ServerConfig::default());
+    }
+
+    #[test]
+    fn an_unknown_field_is_named() {
+        let e = toml::from_str::<ServerConfig>("node-id = 1\n[raft]\ntick = 5\n")
+            .expect_err("unknown field");
+        assert!(e.to_string().contains("tick"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_member_is_named() {
+        let e = parse_initial_cluster("1=127.0.0.1:7001,2=nowhere").expect_err("bad");
+        assert!(e.to_string().contains("nowhere"), "{e}");
+        assert!(parse_initial_cluster("1=127.0.0.1:1,1=127.0.0.1:2").is_err());
+        let ok = parse_initial_cluster("1=127.0.0.1:7001, 2=127.0.0.1:7002").expect("ok");
+        assert_eq!(ok.len(), 2);
+    }
+
+    #[test]
+    fn a_missing_node_id_is_named() {
+        let e = ServerConfig::default()
+            .node_config(Path::new("."))
+            .expect_err("no node id");
+        assert!(e.to_string().contains("node-id"), "{e}");
+    }
+}
