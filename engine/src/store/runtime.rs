@@ -642,6 +642,12 @@ impl Poller {
             .into()));
             return;
         }
+        if request.request.is_none() {
+            let _ = reply.send(Err(
+                KvError::Malformed("unknown read operation".into()).into()
+            ));
+            return;
+        }
         let range_id = request.range_id;
         let Some(peer) = self.store.peer_mut(range_id) else {
             let _ = reply.send(Err(KvError::RangeNotFound(range_id).into()));

@@ -1,0 +1,573 @@
+//! The twelve failure scenarios of the thesis seed's chapter 4, on three real nodes over QUIC
+//! on loopback, plus bad client input. Each test starts its own cluster.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use flotilla_client::{Client, ClientError};
+use flotilla_engine::kv::KvError;
+use flotilla_engine::node::FIRST_USER_RANGE;
+use flotilla_engine::store::RequestError;
+use flotilla_transport::kv::{
+    write_request, write_response, CommandHeader, Compare, CompareOp, CompareTarget, ErrorCode,
+    PutRequest, RaftCommand, TxnOp, TxnRequest, WriteRequest, WriteResponse,
+};
+use flotilla_transport::meta::RangeEpoch;
+use flotilla_transport::service::{read_response, ReadRequest, ReadResponse};
+use flotilla_transport::wire::RpcCode;
+use flotilla_transport::TransportError;
+use prost::Message as _;
+use support::{eventually, Cluster};
+
+fn put_command(key: &str, value: &str, client_id: u64, seq: u64) -> RaftCommand {
+    RaftCommand {
+        header: Some(CommandHeader {
+            range_id: FIRST_USER_RANGE,
+            epoch: Some(RangeEpoch {
+                version: 1,
+                conf_ver: 1,
+            }),
+            client_id,
+            seq,
+            first_unacked_seq: seq,
+            session_start_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_millis() as u64,
+            proposed_at_ms: 0,
+        }),
+        request: Some(WriteRequest {
+            request: Some(write_request::Request::Put(PutRequest {
+                key: Bytes::copy_from_slice(key.as_bytes()),
+                value: Bytes::copy_from_slice(value.as_bytes()),
+                prev_kv: false,
+            })),
+        }),
+    }
+}
+
+async fn value(client: &Client, key: &str) -> Option<String> {
+    client
+        .get(key)
+        .await
+        .expect("get")
+        .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+}
+
+/// Scenario 1: after start-up the three nodes elect one leader and agree on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_is_elected_after_start_up() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_leader(&[]).await;
+    assert!((1..=3).contains(&leader));
+    // Both ranges have a leader, and every node answers for both.
+    eventually("a leader of the meta range", || cluster.leader(1, &[])).await;
+    cluster.stop_all().await;
+}
+
+/// Scenario 6: simple put and get, and a scan, through the client library.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simple_put_and_get() {
+    let mut cluster = Cluster::start(3).await;
+    let client = cluster.client().await;
+    let revision = client.put("a", "1").await.expect("put");
+    assert!(revision > 0);
+    assert_eq!(value(&client, "a").await.as_deref(), Some("1"));
+    assert_eq!(value(&client, "missing").await, None);
+    client.put("b", "2").await.expect("put");
+    let kvs = client.scan("", "", 0).await.expect("scan");
+    let keys: Vec<&[u8]> = kvs.iter().map(|kv| kv.key.as_ref()).collect();
+    assert_eq!(keys, vec![&b"a"[..], &b"b"[..]]);
+    assert_eq!(client.delete("a").await.expect("delete"), 1);
+    assert_eq!(value(&client, "a").await, None);
+    cluster.stop_all().await;
+}
+
+/// Scenario 2: a follower crashes; writes go on; it restarts and catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_crashes_and_recovers() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_leader(&[]).await;
+    let follower = cluster
+        .ids()
+        .into_iter()
+        .find(|&i| i != leader)
+        .expect("follower");
+    let client = cluster.client().await;
+    client.put("before", "1").await.expect("put");
+    cluster.crash(follower).await;
+    for i in 0..20 {
+        client
+            .put(format!("during{i}"), "2")
+            .await
+            .expect("put with one follower down");
+    }
+    cluster.restart(follower).await;
+    cluster.wait_value(follower, "during19", "2").await;
+    cluster.wait_value(follower, "before", "1").await;
+    cluster.stop_all().await;
+}
+
+/// Scenario 3: both followers crash: nothing commits without a quorum; when they return,
+/// writes resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_followers_crash_and_nothing_commits_without_a_quorum() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_leader(&[]).await;
+    let client = cluster.client().await;
+    client.put("k", "before").await.expect("put");
+    let followers: Vec<u64> = cluster.ids().into_iter().filter(|&i| i != leader).collect();
+    for &f in &followers {
+        cluster.crash(f).await;
+    }
+    let lonely = cluster
+        .propose_on(
+            leader,
+            put_command("k", "alone", 1, 1),
+            Duration::from_millis(1500),
+        )
+        .await;
+    assert!(
+        matches!(
+            lonely,
+            Err(RequestError::Refused(
+                KvError::Timeout | KvError::NotLeader { .. } | KvError::ProposalDropped { .. }
+            ))
+        ),
+        "a write committed without a quorum: {lonely:?}"
+    );
+    // Nothing was applied on the lone node.
+    assert_eq!(
+        cluster.local_value(leader, "k").await.as_deref(),
+        Some(&b"before"[..])
+    );
+    for &f in &followers {
+        cluster.restart(f).await;
+    }
+    client
+        .put("k", "after")
+        .await
+        .expect("writes resume with a quorum");
+    assert_eq!(value(&client, "k").await.as_deref(), Some("after"));
+    cluster.stop_all().await;
+}
+
+/// Scenario 4: the leader crashes; a new one is elected and serves; the old one rejoins as a
+/// follower and catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_crashes_and_rejoins_as_a_follower() {
+    let mut cluster = Cluster::start(3).await;
+    let old = cluster.wait_leader(&[]).await;
+    let client = cluster.client().await;
+    client.put("x", "1").await.expect("put");
+    cluster.crash(old).await;
+    let new = cluster.wait_leader(&[old]).await;
+    assert_ne!(new, old);
+    client.put("x", "2").await.expect("the new leader serves");
+    cluster.restart(old).await;
+    cluster.wait_value(old, "x", "2").await;
+    let leader = cluster.wait_leader(&[]).await;
+    assert_eq!(
+        leader, new,
+        "the rejoining node must not depose the leader (pre-vote)"
+    );
+    cluster.stop_all().await;
+}
+
+/// Scenario 5: the whole cluster stops and restarts: every acknowledged write is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_cluster_restarts_with_every_acknowledged_write() {
+    let mut cluster = Cluster::start(3).await;
+    let client = cluster.client().await;
+    for i in 0..50 {
+        client
+            .put(format!("key{i:02}"), format!("v{i}"))
+            .await
+            .expect("put");
+    }
+    client.close().await;
+    cluster.stop_all().await;
+    for id in cluster.ids() {
+        cluster.restart(id).await;
+    }
+    let client = cluster.client().await;
+    let kvs = client.scan("key", "kez", 0).await.expect("scan");
+    assert_eq!(kvs.len(), 50);
+    for (i, kv) in kvs.iter().enumerate() {
+        assert_eq!(kv.value, Bytes::from(format!("v{i}")));
+    }
+    cluster.stop_all().await;
+}
+
+async fn read_increment_write(client: &Client, key: &str) {
+    let current: u64 = value(client, key)
+        .await
+        .expect("initialized")
+        .parse()
+        .expect("number");
+    client
+        .put(key, (current + 1).to_string())
+        .await
+        .expect("every write commits");
+}
+
+async fn revision_checked_increment(client: &Client, key: &str) {
+    loop {
+        let kv = client.get(key).await.expect("get").expect("initialized");
+        let current: u64 = String::from_utf8_lossy(&kv.value).parse().expect("number");
+        let txn = TxnRequest {
+            compares: vec![Compare {
+                key: Bytes::copy_from_slice(key.as_bytes()),
+                target: CompareTarget::ModRevision as i32,
+                op: CompareOp::Equal as i32,
+                revision: kv.mod_revision,
+                ..Compare::default()
+            }],
+            success: vec![TxnOp {
+                op: Some(flotilla_transport::kv::txn_op::Op::Put(PutRequest {
+                    key: Bytes::copy_from_slice(key.as_bytes()),
+                    value: (current + 1).to_string().into(),
+                    prev_kv: false,
+                })),
+            }],
+            failure: vec![],
+        };
+        let (_, response) = client.txn(txn).await.expect("txn");
+        if response.succeeded {
+            return;
+        }
+    }
+}
+
+/// 100 workers, 10 per key, each reads a key and writes it back plus one. `txn` selects the
+/// revision-checked transaction instead of a blind write. Returns the final values.
+async fn hundred_workers(txn: bool) -> Vec<u64> {
+    let mut cluster = Cluster::start(3).await;
+    let client = cluster.client().await;
+    let keys: Vec<String> = (0..10).map(|k| format!("counter{k}")).collect();
+    for key in &keys {
+        client.put(key, "1").await.expect("init");
+    }
+    let client = Arc::new(client);
+    let barrier = Arc::new(tokio::sync::Barrier::new(100));
+    let mut tasks = Vec::new();
+    for w in 0..100 {
+        let (client, barrier, key) = (client.clone(), barrier.clone(), keys[w % 10].clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            if txn {
+                revision_checked_increment(&client, &key).await;
+            } else {
+                read_increment_write(&client, &key).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("worker");
+    }
+    let mut finals = Vec::new();
+    for key in &keys {
+        finals.push(
+            value(&client, key)
+                .await
+                .expect("set")
+                .parse()
+                .expect("number"),
+        );
+    }
+    cluster.stop_all().await;
+    finals
+}
+
+/// Scenario 7: without a Txn, concurrent read-increment-write loses updates: every write
+/// commits, every key ends between 2 and 11 (the thesis saw 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_increments_without_txn_lose_updates_but_every_write_commits() {
+    let finals = hundred_workers(false).await;
+    println!("final values without txn: {finals:?}");
+    assert!(finals.iter().all(|v| (2..=11).contains(v)), "{finals:?}");
+}
+
+/// Scenario 8: with a revision-checked Txn, no increment is lost: every key reaches 11.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_increments_with_revision_checked_txn_lose_nothing() {
+    let finals = hundred_workers(true).await;
+    assert_eq!(finals, vec![11; 10]);
+}
+
+/// Scenario 9: writes while a node is down, then it catches up on all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_while_a_node_is_down_then_it_catches_up() {
+    let mut cluster = Cluster::start(3).await;
+    let client = cluster.client().await;
+    cluster.wait_leader(&[]).await;
+    let down = 3;
+    cluster.crash(down).await;
+    for i in 0..200 {
+        client
+            .put(format!("w{i:03}"), format!("{i}"))
+            .await
+            .expect("put");
+    }
+    cluster.restart(down).await;
+    for i in [0, 99, 199] {
+        cluster
+            .wait_value(down, &format!("w{i:03}"), &i.to_string())
+            .await;
+    }
+    cluster.stop_all().await;
+}
+
+/// Scenario 10: the leader is partitioned away: the minority commits nothing, the majority
+/// elects a leader that serves, and on heal the old leader steps down and converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_commits_nothing_and_converges_on_heal() {
+    let mut cluster = Cluster::start(3).await;
+    let old = cluster.wait_leader(&[]).await;
+    let client = cluster.client().await;
+    client.put("p", "before").await.expect("put");
+    cluster.partition(&[old]);
+    let lonely = cluster
+        .propose_on(
+            old,
+            put_command("p", "minority", 7, 1),
+            Duration::from_millis(1500),
+        )
+        .await;
+    assert!(
+        lonely.is_err(),
+        "the minority committed a write: {lonely:?}"
+    );
+    let new = cluster.wait_leader(&[old]).await;
+    assert_ne!(new, old);
+    client
+        .put("p", "majority")
+        .await
+        .expect("the majority serves");
+    assert_eq!(
+        cluster.local_value(old, "p").await.as_deref(),
+        Some(&b"before"[..]),
+        "the cut-off leader applied something"
+    );
+    cluster.heal();
+    cluster.wait_value(old, "p", "majority").await;
+    let leader = cluster.wait_leader(&[]).await;
+    assert_eq!(leader, new);
+    assert_eq!(value(&client, "p").await.as_deref(), Some("majority"));
+    cluster.stop_all().await;
+}
+
+/// Scenario 11: leader re-election with a populated log: every write is readable after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn re_election_with_a_populated_log_keeps_every_write() {
+    let mut cluster = Cluster::start(3).await;
+    let client = cluster.client().await;
+    for i in 0..300 {
+        client
+            .put(format!("r{i:03}"), format!("{i}"))
+            .await
+            .expect("put");
+    }
+    let old = cluster.wait_leader(&[]).await;
+    cluster.crash(old).await;
+    cluster.wait_leader(&[old]).await;
+    let kvs = client
+        .scan("r", "s", 0)
+        .await
+        .expect("scan on the new leader");
+    assert_eq!(kvs.len(), 300);
+    for (i, kv) in kvs.iter().enumerate() {
+        assert_eq!(kv.value, Bytes::from(i.to_string()));
+    }
+    cluster.stop_all().await;
+}
+
+async fn raw_write(cluster: &Cluster, command: &RaftCommand) -> WriteResponse {
+    let raw = cluster.raw();
+    eventually("the leader to answer a raw write", || async {
+        for id in cluster.live() {
+            let body = raw
+                .call(
+                    cluster.addr(id),
+                    "kv.Write",
+                    command.encode_to_vec().into(),
+                    Duration::from_secs(5),
+                )
+                .await
+                .ok()?;
+            let response = WriteResponse::decode(body).ok()?;
+            match &response.response {
+                Some(write_response::Response::Error(e))
+                    if e.code == ErrorCode::NotLeader as i32 => {}
+                _ => return Some(response),
+            }
+        }
+        None
+    })
+    .await
+}
+
+/// Scenario 12: a Txn on a stale revision fails and changes nothing; a duplicate
+/// `(client_id, seq)` gets the first response and is applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_revision_txn_and_duplicate_write_are_answered_correctly() {
+    let mut cluster = Cluster::start(3).await;
+    let client = cluster.client().await;
+    let first = client.put("t", "1").await.expect("put");
+    let second = client.put("t", "2").await.expect("put");
+    let stale = TxnRequest {
+        compares: vec![Compare {
+            key: "t".into(),
+            target: CompareTarget::ModRevision as i32,
+            op: CompareOp::Equal as i32,
+            revision: first,
+            ..Compare::default()
+        }],
+        success: vec![TxnOp {
+            op: Some(flotilla_transport::kv::txn_op::Op::Put(PutRequest {
+                key: "t".into(),
+                value: "stale".into(),
+                prev_kv: false,
+            })),
+        }],
+        failure: vec![],
+    };
+    let (_, response) = client.txn(stale).await.expect("txn");
+    assert!(!response.succeeded);
+    let kv = client.get("t").await.expect("get").expect("set");
+    assert_eq!(kv.value, Bytes::from("2"));
+    assert_eq!(kv.mod_revision, second);
+
+    let command = put_command("dup", "once", 4242, 1);
+    let a = raw_write(&cluster, &command).await;
+    let b = raw_write(&cluster, &command).await;
+    assert_eq!(a, b, "a retry must get the recorded response");
+    let kv = client.get("dup").await.expect("get").expect("set");
+    assert_eq!(kv.version, 1, "applied twice");
+    assert_eq!(kv.mod_revision, a.revision);
+    cluster.stop_all().await;
+}
+
+fn refusal_code(response: &WriteResponse) -> Option<ErrorCode> {
+    match &response.response {
+        Some(write_response::Response::Error(e)) => ErrorCode::try_from(e.code).ok(),
+        _ => None,
+    }
+}
+
+/// Bad client input gets typed errors and the node keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_client_input_gets_typed_errors() {
+    let mut cluster = Cluster::start(3).await;
+    let client = cluster.client().await;
+    client.put("ok", "1").await.expect("put");
+
+    let mut wrong_range = put_command("k", "v", 0, 0);
+    wrong_range.header.as_mut().expect("header").range_id = 99;
+    assert_eq!(
+        refusal_code(&raw_write(&cluster, &wrong_range).await),
+        Some(ErrorCode::RangeNotFound)
+    );
+    let mut stale_epoch = put_command("k", "v", 0, 0);
+    stale_epoch.header.as_mut().expect("header").epoch = Some(RangeEpoch {
+        version: 0,
+        conf_ver: 1,
+    });
+    let response = raw_write(&cluster, &stale_epoch).await;
+    assert_eq!(refusal_code(&response), Some(ErrorCode::EpochNotMatch));
+    match &response.response {
+        Some(write_response::Response::Error(e)) => {
+            assert_eq!(e.current.as_ref().map(|d| d.id), Some(FIRST_USER_RANGE));
+        }
+        other => panic!("{other:?}"),
+    }
+    let big_key = "k".repeat(9 << 10);
+    assert_eq!(
+        refusal_code(&raw_write(&cluster, &put_command(&big_key, "v", 0, 0)).await),
+        Some(ErrorCode::KeyTooLarge)
+    );
+    let big_value = "v".repeat(65 << 10);
+    assert_eq!(
+        refusal_code(&raw_write(&cluster, &put_command("k", &big_value, 0, 0)).await),
+        Some(ErrorCode::ValueTooLarge)
+    );
+    let mut unknown_op = put_command("k", "v", 0, 0);
+    unknown_op.request = Some(WriteRequest { request: None });
+    assert_eq!(
+        refusal_code(&raw_write(&cluster, &unknown_op).await),
+        Some(ErrorCode::Malformed)
+    );
+    // Through the client library, limits are typed refusals, not retries.
+    match client.put(big_key.clone(), "v").await {
+        Err(ClientError::Refused { code, .. }) => assert_eq!(code, ErrorCode::KeyTooLarge),
+        other => panic!("{other:?}"),
+    }
+
+    let raw = cluster.raw();
+    let addr = cluster.addr(1);
+    let garbage = raw
+        .call(
+            addr,
+            "kv.Write",
+            Bytes::from_static(&[0xff, 0xff, 0xff]),
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(
+        matches!(
+            garbage,
+            Err(TransportError::Rpc {
+                code: RpcCode::BadRequest,
+                ..
+            })
+        ),
+        "{garbage:?}"
+    );
+    let unknown = raw
+        .call(addr, "kv.Frobnicate", Bytes::new(), Duration::from_secs(5))
+        .await;
+    assert!(
+        matches!(
+            unknown,
+            Err(TransportError::Rpc {
+                code: RpcCode::UnknownMethod,
+                ..
+            })
+        ),
+        "{unknown:?}"
+    );
+    let read = ReadRequest {
+        range_id: FIRST_USER_RANGE,
+        epoch: Some(RangeEpoch {
+            version: 1,
+            conf_ver: 1,
+        }),
+        consistency: 0,
+        request: None,
+    };
+    let body = raw
+        .call(
+            addr,
+            "kv.Read",
+            read.encode_to_vec().into(),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("answered");
+    let response = ReadResponse::decode(body).expect("decodes");
+    assert!(
+        matches!(
+            response.response,
+            Some(read_response::Response::Error(ref e)) if e.code == ErrorCode::Malformed as i32
+        ),
+        "{response:?}"
+    );
+
+    // The node still serves.
+    client.put("ok", "2").await.expect("put");
+    assert_eq!(value(&client, "ok").await.as_deref(), Some("2"));
+    cluster.stop_all().await;
+}

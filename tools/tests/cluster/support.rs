@@ -1,0 +1,261 @@
+//! A cluster of in-process nodes over real QUIC on loopback, for the thesis' failure scenarios:
+//! crash (stop at once) and restart from the same directory, partition (drop the Raft traffic
+//! between chosen nodes), and a client. Every wait polls a condition against a deadline.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use flotilla_client::{Client, ClientConfig};
+use flotilla_engine::kv::KvConfig;
+use flotilla_engine::node::{Node, NodeConfig, FIRST_USER_RANGE};
+use flotilla_engine::raft::Config as RaftConfig;
+use flotilla_engine::storage::EngineConfig;
+use flotilla_engine::store::RuntimeConfig;
+use flotilla_transport::kv::{GetRequest, RaftCommand, WriteResponse};
+use flotilla_transport::service::{read_request, read_response, ReadConsistency, ReadRequest};
+use flotilla_transport::tls::{ClusterCa, TlsConfig};
+use flotilla_transport::{ClientEndpoint, TransportConfig};
+
+pub const CLUSTER: &str = "scenarios";
+/// Long enough for elections under a loaded CI machine, short enough for quick tests.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub struct Cluster {
+    _dir: tempfile::TempDir,
+    configs: Vec<NodeConfig>,
+    nodes: Vec<Option<Node>>,
+    client_tls: TlsConfig,
+}
+
+fn free_port() -> u16 {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket.local_addr().expect("addr").port()
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after [`DEADLINE`].
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl Cluster {
+    pub async fn start(n: u64) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = ClusterCa::generate(CLUSTER).expect("ca");
+        let members: BTreeMap<u64, SocketAddr> = (1..=n)
+            .map(|id| (id, SocketAddr::from(([127, 0, 0, 1], free_port()))))
+            .collect();
+        let configs: Vec<NodeConfig> = members
+            .iter()
+            .map(|(&id, &addr)| {
+                let mut runtime = RuntimeConfig::new(id);
+                runtime.tick = Duration::from_millis(20);
+                runtime.raft = RaftConfig {
+                    seed: id,
+                    ..RaftConfig::default()
+                };
+                runtime.kv = KvConfig {
+                    max_value_bytes: 64 << 10,
+                    ..KvConfig::default()
+                };
+                let mut transport = TransportConfig::new(CLUSTER, id, addr);
+                transport.liveness_interval = Duration::from_millis(100);
+                transport.down_after = Duration::from_millis(500);
+                transport.reconnect_max = Duration::from_millis(200);
+                transport.idle_timeout = Duration::from_secs(2);
+                NodeConfig {
+                    engine: EngineConfig::new(dir.path().join(format!("n{id}")), CLUSTER, id),
+                    transport,
+                    runtime,
+                    tls: ca.issue_node(id, &[]).expect("node cert"),
+                    initial_cluster: members.clone(),
+                    shutdown_timeout: Duration::from_secs(5),
+                }
+            })
+            .collect();
+        let mut cluster = Self {
+            _dir: dir,
+            nodes: configs.iter().map(|_| None).collect(),
+            configs,
+            client_tls: ca.issue_client().expect("client cert"),
+        };
+        for id in 1..=n {
+            cluster.restart(id).await;
+        }
+        cluster
+    }
+
+    fn index(id: u64) -> usize {
+        (id - 1) as usize
+    }
+
+    pub fn addr(&self, id: u64) -> SocketAddr {
+        self.configs[Self::index(id)].transport.listen
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        (1..=self.configs.len() as u64).collect()
+    }
+
+    pub fn live(&self) -> Vec<u64> {
+        self.ids()
+            .into_iter()
+            .filter(|id| self.nodes[Self::index(*id)].is_some())
+            .collect()
+    }
+
+    pub fn node(&self, id: u64) -> &Node {
+        self.nodes[Self::index(id)]
+            .as_ref()
+            .expect("node is running")
+    }
+
+    /// Starts (or restarts) node `id` from its directory.
+    pub async fn restart(&mut self, id: u64) {
+        let config = self.configs[Self::index(id)].clone();
+        let node = Node::start(config).await.expect("node starts");
+        self.nodes[Self::index(id)] = Some(node);
+    }
+
+    /// Stops node `id` at once, without handing anything over.
+    pub async fn crash(&mut self, id: u64) {
+        if let Some(mut node) = self.nodes[Self::index(id)].take() {
+            node.stop_now().await;
+        }
+    }
+
+    /// Cuts the Raft traffic between `side` and every other node, both ways.
+    pub fn partition(&self, side: &[u64]) {
+        for id in self.live() {
+            let others: Vec<u64> = if side.contains(&id) {
+                self.ids()
+                    .into_iter()
+                    .filter(|o| !side.contains(o))
+                    .collect()
+            } else {
+                side.to_vec()
+            };
+            self.node(id).transport().partition(&others);
+        }
+    }
+
+    pub fn heal(&self) {
+        for id in self.live() {
+            self.node(id).transport().partition(&[]);
+        }
+    }
+
+    /// The leader of `range_id` that the live nodes other than `excluding` agree on.
+    pub async fn leader(&self, range_id: u64, excluding: &[u64]) -> Option<u64> {
+        let mut seen = None;
+        for id in self.live().into_iter().filter(|i| !excluding.contains(i)) {
+            let ranges = self.node(id).ranges().await;
+            let leader = ranges
+                .iter()
+                .find(|r| r.descriptor.as_ref().is_some_and(|d| d.id == range_id))
+                .map(|r| r.leader_node)?;
+            if leader == 0 || excluding.contains(&leader) || seen.is_some_and(|s| s != leader) {
+                return None;
+            }
+            seen = Some(leader);
+        }
+        seen
+    }
+
+    pub async fn wait_leader(&self, excluding: &[u64]) -> u64 {
+        eventually("a leader of the user range", || {
+            self.leader(FIRST_USER_RANGE, excluding)
+        })
+        .await
+    }
+
+    pub fn client_config(&self) -> ClientConfig {
+        let endpoints = self.ids().into_iter().map(|id| self.addr(id)).collect();
+        let mut config = ClientConfig::new(CLUSTER, endpoints, self.client_tls.clone());
+        config.deadline = DEADLINE;
+        config.attempt_timeout = Duration::from_millis(500);
+        config
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(self.client_config())
+            .await
+            .expect("client connects")
+    }
+
+    /// A raw RPC endpoint, for requests the client library would never send.
+    pub fn raw(&self) -> ClientEndpoint {
+        ClientEndpoint::new(
+            CLUSTER,
+            &self.client_tls,
+            "127.0.0.1:0".parse().expect("addr"),
+        )
+        .expect("endpoint")
+    }
+
+    /// What node `id` has applied for `key`, without asking anyone (a stale read).
+    pub async fn local_value(&self, id: u64, key: &str) -> Option<Bytes> {
+        let handle = self.node(id).handle().expect("running").clone();
+        let request = ReadRequest {
+            range_id: FIRST_USER_RANGE,
+            epoch: Some(flotilla_transport::meta::RangeEpoch {
+                version: 1,
+                conf_ver: 1,
+            }),
+            consistency: ReadConsistency::Stale as i32,
+            request: Some(read_request::Request::Get(GetRequest {
+                key: Bytes::copy_from_slice(key.as_bytes()),
+            })),
+        };
+        let answer = handle
+            .read(request, Instant::now() + Duration::from_secs(5))
+            .await
+            .expect("answered")
+            .expect("served");
+        match answer {
+            read_response::Response::Get(g) => g.kv.map(|kv| kv.value),
+            other => panic!("a get answered {other:?}"),
+        }
+    }
+
+    /// Waits until node `id` has applied `key = value`.
+    pub async fn wait_value(&self, id: u64, key: &str, value: &str) {
+        eventually(&format!("node {id} to apply {key} = {value}"), || async {
+            (self.local_value(id, key).await.as_deref() == Some(value.as_bytes())).then_some(())
+        })
+        .await;
+    }
+
+    /// Proposes a write straight to node `id`'s replica (no routing, no retry).
+    pub async fn propose_on(
+        &self,
+        id: u64,
+        command: RaftCommand,
+        timeout: Duration,
+    ) -> Result<WriteResponse, flotilla_engine::store::RequestError> {
+        let handle = self.node(id).handle().expect("running").clone();
+        handle
+            .write(command, Instant::now() + timeout)
+            .await
+            .expect("answered")
+    }
+
+    pub async fn stop_all(&mut self) {
+        for id in self.ids() {
+            self.crash(id).await;
+        }
+    }
+}
