@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test setup fmt-check clippy unit sim-soak bench demo
+.PHONY: test setup fmt-check clippy unit sim-soak bench demo bench-cluster
 
 test: setup fmt-check clippy unit
 
@@ -30,7 +30,28 @@ bench:
 	$(CARGO) bench -p flotilla-engine --bench raft_group --bench group_commit
 	$(CARGO) bench -p flotilla-transport --bench transport
 
-# The local 3-node cluster arrives with the node (issue "The node"). Until then this runs one
-# seed of the simulator: three Raft replicas under faults with a client load, narrated.
+# A local 3-node cluster (three processes on loopback, data under DEMO_DIR) and a short demo
+# load that prints what it did. The cluster keeps running: `flotilla cluster down --dir DIR`.
+DEMO_DIR ?= ./data/local
+FLOTILLA = $(CARGO) run -q -p flotilla-tools --bin flotilla --
+BIN = $${CARGO_TARGET_DIR:-target}/debug/flotilla
 demo: setup
-	FLOTILLA_SIM_SEED=$${SEED:-1} FLOTILLA_SIM_VERBOSE=1 $(CARGO) test -p flotilla-engine --test sim simulate_seeds -- --nocapture
+	$(CARGO) build -p flotilla-tools --bin flotilla
+	@$(FLOTILLA) cluster down --dir $(DEMO_DIR) >/dev/null 2>&1 || true
+	$(FLOTILLA) cluster up --nodes 3 --dir $(DEMO_DIR) --detach
+	@set -a && . $(DEMO_DIR)/env && set +a && $(FLOTILLA) demo && $(FLOTILLA) status
+	@echo
+	@echo "The cluster keeps running. The binary is $(BIN); try:"
+	@echo "  $(BIN) put hello world && $(BIN) get hello"
+	@echo "Stop it with: $(BIN) cluster down --dir $(DEMO_DIR)"
+
+# The 64-writer load of the node issue against a fresh local cluster (optimized build, so the
+# first run builds RocksDB in release).
+BENCH_DIR ?= ./data/bench
+bench-cluster: setup
+	$(CARGO) build --release -p flotilla-tools --bin flotilla
+	@$(CARGO) run --release -q -p flotilla-tools --bin flotilla -- cluster down --dir $(BENCH_DIR) >/dev/null 2>&1 || true
+	rm -rf $(BENCH_DIR)
+	$(CARGO) run --release -q -p flotilla-tools --bin flotilla -- cluster up --dir $(BENCH_DIR) --detach --base-port 7101 --metrics-base-port 9201
+	set -a && . $(BENCH_DIR)/env && set +a && $(CARGO) run --release -q -p flotilla-tools --bin flotilla -- bench --writers 64 --value-size 256 --seconds $${SECONDS_RUN:-20}; \
+	  status=$$?; $(CARGO) run --release -q -p flotilla-tools --bin flotilla -- cluster down --dir $(BENCH_DIR); exit $$status

@@ -15,8 +15,8 @@ const SECONDS_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 5.0, 10.0,
 ];
-/// Buckets of batch sizes in ranges.
-const RANGES_BUCKETS: &[f64] = &[
+/// Buckets of counts (ranges per group commit, messages per batch).
+const COUNT_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0,
 ];
 /// Buckets of sizes in bytes: 256 B .. 64 MiB.
@@ -55,7 +55,8 @@ pub fn install_metrics(addr: SocketAddr) -> anyhow::Result<()> {
     PrometheusBuilder::new()
         .with_http_listener(addr)
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)?
-        .set_buckets_for_metric(Matcher::Suffix("_ranges".into()), RANGES_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Suffix("_ranges".into()), COUNT_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Suffix("_messages".into()), COUNT_BUCKETS)?
         .set_buckets_for_metric(Matcher::Suffix("_bytes".into()), BYTES_BUCKETS)?
         .install()
         .map_err(|e| anyhow!("metrics-addr {addr}: {e}"))?;

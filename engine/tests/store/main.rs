@@ -332,6 +332,7 @@ fn a_lagging_replica_catches_up_by_snapshot() {
 }
 
 mod multi;
+mod runtime;
 
 /// A follower read (ReadIndex confirmed through the leader, served by the follower once it
 /// applied up to the read index) sees the latest acknowledged write (TESTING.md bug class 1).
