@@ -87,7 +87,13 @@ pub async fn run(config: ServerConfig, config_path: &Path) -> anyhow::Result<()>
         node = config.node_id,
         "shutting down: moving leaderships away"
     );
-    node.shutdown().await;
+    let report = node.shutdown().await;
+    tracing::info!(
+        node = config.node_id,
+        leaders_left = report.leaders_left,
+        requests_left = report.requests_left,
+        "stopped"
+    );
     Ok(())
 }
 

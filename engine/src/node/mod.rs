@@ -101,6 +101,13 @@ pub enum NodeError {
     Transport(#[from] TransportError),
 }
 
+/// What a graceful shutdown left behind when it stopped (both 0 unless it timed out).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShutdownReport {
+    pub leaders_left: u64,
+    pub requests_left: u64,
+}
+
 /// A running node.
 pub struct Node {
     node_id: u64,
@@ -307,19 +314,34 @@ impl Node {
 
     /// Stops gracefully: refuses new requests, hands leaderships away, lets requests in
     /// flight finish (within the shutdown timeout), stops the pollers and closes the endpoint.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(mut self) -> ShutdownReport {
         let deadline = Instant::now() + self.shutdown_timeout;
         self.service.accepting.store(false, Ordering::Relaxed);
         let mut poll = tokio::time::interval(Duration::from_millis(20));
-        loop {
+        let report = loop {
             let leaders = self.status().await.leaders;
-            if leaders == 0 || Instant::now() >= deadline {
-                break;
+            let pending = self.handle().map_or(0, RuntimeHandle::pending_requests);
+            if (leaders == 0 && pending == 0) || Instant::now() >= deadline {
+                if leaders > 0 || pending > 0 {
+                    tracing::warn!(
+                        node = self.node_id,
+                        leaders,
+                        pending,
+                        "shutdown timeout: stopping with leaderships or requests left"
+                    );
+                }
+                break ShutdownReport {
+                    leaders_left: leaders,
+                    requests_left: pending,
+                };
             }
-            self.transfer_leaderships().await;
+            if leaders > 0 {
+                self.transfer_leaderships().await;
+            }
             poll.tick().await;
-        }
+        };
         self.stop_now().await;
+        report
     }
 
     /// Stops at once, as a crash would look to the rest of the cluster (what was not synced

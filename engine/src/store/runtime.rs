@@ -146,6 +146,8 @@ pub struct RuntimeHandle {
     mailboxes: Arc<Vec<Sender<Command>>>,
     halted: Arc<AtomicBool>,
     dropped: Arc<AtomicU64>,
+    /// Client requests each poller holds (proposed writes, reads waiting).
+    pending: Arc<Vec<AtomicU64>>,
 }
 
 impl std::fmt::Debug for RuntimeHandle {
@@ -169,6 +171,11 @@ impl RuntimeHandle {
     /// Whether a poller stopped on a storage failure.
     pub fn is_halted(&self) -> bool {
         self.halted.load(Ordering::Relaxed)
+    }
+
+    /// Client requests in flight in the pollers (as of their last round).
+    pub fn pending_requests(&self) -> u64 {
+        self.pending.iter().map(|p| p.load(Ordering::Relaxed)).sum()
     }
 
     /// Raft messages dropped because a mailbox was full.
@@ -320,6 +327,7 @@ impl Runtime {
             mailboxes: Arc::new(senders.clone()),
             halted: Arc::new(AtomicBool::new(false)),
             dropped: Arc::new(AtomicU64::new(0)),
+            pending: Arc::new((0..pollers).map(|_| AtomicU64::new(0)).collect()),
         };
         let mut threads = Vec::with_capacity(pollers);
         for (index, (store, rx)) in stores.into_iter().zip(receivers).enumerate() {
@@ -330,7 +338,7 @@ impl Runtime {
                 network.clone(),
                 rx,
                 senders[index].clone(),
-                handle.halted.clone(),
+                handle.clone(),
             );
             let thread = std::thread::Builder::new()
                 .name(format!("flotilla-poller-{index}"))
@@ -378,7 +386,7 @@ struct Poller {
     rx: Receiver<Command>,
     /// Our own mailbox, for snapshot streams to report back.
     tx: Sender<Command>,
-    halted: Arc<AtomicBool>,
+    shared: RuntimeHandle,
     /// When each range ticks next.
     ticks: BinaryHeap<Reverse<(Instant, u64)>>,
     writes: HashMap<(u64, u64), PendingWrite>,
@@ -414,7 +422,7 @@ impl Poller {
         network: Arc<dyn Network>,
         rx: Receiver<Command>,
         tx: Sender<Command>,
-        halted: Arc<AtomicBool>,
+        shared: RuntimeHandle,
     ) -> Self {
         let now = Instant::now();
         let ticks = store
@@ -428,7 +436,7 @@ impl Poller {
             network,
             rx,
             tx,
-            halted,
+            shared,
             ticks,
             writes: HashMap::new(),
             reads: HashMap::new(),
@@ -453,7 +461,7 @@ impl Poller {
                 tracing::info!(node, poller = self.index, "poller stopped");
             }
             Err(e) => {
-                self.halted.store(true, Ordering::Relaxed);
+                self.shared.halted.store(true, Ordering::Relaxed);
                 metrics::counter!("flotilla_store_halts_total").increment(1);
                 tracing::error!(node, poller = self.index, error = %e,
                     "storage failure: this node's replicas stop (fail-stop)");
@@ -494,6 +502,10 @@ impl Poller {
             self.tick_due(now)?;
             let round = self.store.round()?;
             self.dispatch(round);
+            self.shared.pending[self.index].store(
+                (self.writes.len() + self.reads.len()) as u64,
+                Ordering::Relaxed,
+            );
             if now >= self.next_expiry {
                 self.expire(now);
                 self.next_expiry = now + self.config.tick;
@@ -860,6 +872,7 @@ impl Poller {
     }
 
     fn fail_pending(&mut self, why: &str) {
+        self.shared.pending[self.index].store(0, Ordering::Relaxed);
         for (_, w) in self.writes.drain() {
             let _ = w
                 .reply

@@ -16,7 +16,7 @@ use flotilla_transport::kv::{
     PutRequest, RaftCommand, TxnOp, TxnRequest, WriteRequest, WriteResponse,
 };
 use flotilla_transport::meta::RangeEpoch;
-use flotilla_transport::service::{read_response, ReadRequest, ReadResponse};
+use flotilla_transport::service::{read_response, ReadConsistency, ReadRequest, ReadResponse};
 use flotilla_transport::wire::RpcCode;
 use flotilla_transport::TransportError;
 use prost::Message as _;
@@ -569,5 +569,87 @@ async fn bad_client_input_gets_typed_errors() {
     // The node still serves.
     client.put("ok", "2").await.expect("put");
     assert_eq!(value(&client, "ok").await.as_deref(), Some("2"));
+    cluster.stop_all().await;
+}
+
+/// Follower reads: a follower asks the leader for the commit index and answers once it has
+/// applied up to it, so it sees every write acknowledged before the read began. A default
+/// (leader) read on a follower is redirected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_reads_see_every_acknowledged_write() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_leader(&[]).await;
+    let client = cluster.client().await;
+    for i in 0..20 {
+        client.put("f", i.to_string()).await.expect("put");
+        for id in cluster.ids().into_iter().filter(|&id| id != leader) {
+            let seen = cluster
+                .read_on(id, "f", ReadConsistency::Follower)
+                .await
+                .expect("a follower read is served");
+            assert_eq!(
+                seen,
+                Some(Bytes::from(i.to_string())),
+                "node {id} read stale data"
+            );
+        }
+    }
+    let follower = cluster
+        .ids()
+        .into_iter()
+        .find(|&id| id != leader)
+        .expect("follower");
+    let redirected = cluster
+        .read_on(follower, "f", ReadConsistency::Linearizable)
+        .await;
+    assert!(
+        matches!(
+            redirected,
+            Err(RequestError::Refused(KvError::NotLeader { leader_node: Some(l), .. })) if l == leader
+        ),
+        "{redirected:?}"
+    );
+    cluster.stop_all().await;
+}
+
+/// A graceful shutdown of the leader hands its leaderships away and finishes what was in
+/// flight: a client writing all along sees no failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_shutdown_hands_leadership_away_without_failing_writes() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_leader(&[]).await;
+    let client = Arc::new(cluster.client().await);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (client, stop) = (client.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                client
+                    .put("g", n.to_string())
+                    .await
+                    .expect("no write fails");
+                n += 1;
+            }
+            n
+        })
+    };
+    // Let the writer get going on the old leader first.
+    eventually("the writer's first writes", || async {
+        (cluster.local_value(leader, "g").await.is_some()).then_some(())
+    })
+    .await;
+    let report = cluster.shutdown(leader).await;
+    assert_eq!(report.leaders_left, 0, "leaderships were not handed away");
+    assert_eq!(report.requests_left, 0, "requests were cut off");
+    let new = cluster.wait_leader(&[leader]).await;
+    assert_ne!(new, leader);
+    client
+        .put("g", "after")
+        .await
+        .expect("the new leader serves");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.await.expect("writer");
+    assert!(written > 0);
     cluster.stop_all().await;
 }

@@ -137,6 +137,41 @@ impl Cluster {
         }
     }
 
+    /// Stops node `id` gracefully (leaderships handed away, requests finished).
+    pub async fn shutdown(&mut self, id: u64) -> flotilla_engine::node::ShutdownReport {
+        let node = self.nodes[Self::index(id)].take().expect("node is running");
+        node.shutdown().await
+    }
+
+    /// Reads `key` on node `id` at `consistency`, straight from its replica.
+    pub async fn read_on(
+        &self,
+        id: u64,
+        key: &str,
+        consistency: ReadConsistency,
+    ) -> Result<Option<Bytes>, flotilla_engine::store::RequestError> {
+        let handle = self.node(id).handle().expect("running").clone();
+        let request = ReadRequest {
+            range_id: FIRST_USER_RANGE,
+            epoch: Some(flotilla_transport::meta::RangeEpoch {
+                version: 1,
+                conf_ver: 1,
+            }),
+            consistency: consistency as i32,
+            request: Some(read_request::Request::Get(GetRequest {
+                key: Bytes::copy_from_slice(key.as_bytes()),
+            })),
+        };
+        let answer = handle
+            .read(request, Instant::now() + Duration::from_secs(5))
+            .await
+            .expect("answered")?;
+        match answer {
+            read_response::Response::Get(g) => Ok(g.kv.map(|kv| kv.value)),
+            other => panic!("a get answered {other:?}"),
+        }
+    }
+
     /// Cuts the Raft traffic between `side` and every other node, both ways.
     pub fn partition(&self, side: &[u64]) {
         for id in self.live() {
@@ -208,27 +243,9 @@ impl Cluster {
 
     /// What node `id` has applied for `key`, without asking anyone (a stale read).
     pub async fn local_value(&self, id: u64, key: &str) -> Option<Bytes> {
-        let handle = self.node(id).handle().expect("running").clone();
-        let request = ReadRequest {
-            range_id: FIRST_USER_RANGE,
-            epoch: Some(flotilla_transport::meta::RangeEpoch {
-                version: 1,
-                conf_ver: 1,
-            }),
-            consistency: ReadConsistency::Stale as i32,
-            request: Some(read_request::Request::Get(GetRequest {
-                key: Bytes::copy_from_slice(key.as_bytes()),
-            })),
-        };
-        let answer = handle
-            .read(request, Instant::now() + Duration::from_secs(5))
+        self.read_on(id, key, ReadConsistency::Stale)
             .await
-            .expect("answered")
-            .expect("served");
-        match answer {
-            read_response::Response::Get(g) => g.kv.map(|kv| kv.value),
-            other => panic!("a get answered {other:?}"),
-        }
+            .expect("a stale read is served")
     }
 
     /// Waits until node `id` has applied `key = value`.
