@@ -68,6 +68,9 @@ pollers = 2
 mailbox-capacity = 65536
 max-pending-requests = 65536
 snapshot-chunk-bytes = 1048576
+# Log GC: a range keeping more applied log entries than this releases them; a follower that
+# falls further behind catches up by snapshot.
+log-gc-threshold-entries = 10000
 entry-cache-bytes = 268435456
 entry-cache-bytes-per-range = 4194304
 # How long a graceful shutdown (SIGTERM) waits for leaderships to move away.
@@ -128,6 +131,7 @@ pub struct StoreSection {
     pub mailbox_capacity: usize,
     pub max_pending_requests: usize,
     pub snapshot_chunk_bytes: usize,
+    pub log_gc_threshold_entries: u64,
     pub entry_cache_bytes: u64,
     pub entry_cache_bytes_per_range: u64,
     pub shutdown_timeout_ms: u64,
@@ -188,6 +192,7 @@ impl Default for StoreSection {
             mailbox_capacity: r.mailbox_capacity,
             max_pending_requests: r.max_pending_requests,
             snapshot_chunk_bytes: r.snapshot_chunk_bytes,
+            log_gc_threshold_entries: r.log_gc_threshold_entries,
             entry_cache_bytes: e.entry_cache_bytes,
             entry_cache_bytes_per_range: e.entry_cache_bytes_per_range,
             shutdown_timeout_ms: 5000,
@@ -315,6 +320,7 @@ impl ServerConfig {
         runtime.mailbox_capacity = self.store.mailbox_capacity;
         runtime.max_pending_requests = self.store.max_pending_requests;
         runtime.snapshot_chunk_bytes = self.store.snapshot_chunk_bytes;
+        runtime.log_gc_threshold_entries = self.store.log_gc_threshold_entries;
         let mut engine = EngineConfig::new(
             resolve(&self.data_dir),
             self.cluster_id.clone(),

@@ -321,6 +321,22 @@ impl Engine {
         )
     }
 
+    /// The index up to which the log of `range_id` was released (compaction or snapshot), as
+    /// durable on disk.
+    ///
+    /// # Errors
+    /// [`EngineError::RangeNotFound`], [`EngineError::Corruption`], [`EngineError::Rocks`].
+    pub fn log_truncated_index(&self, range_id: u64) -> Result<u64, EngineError> {
+        let meta: Option<flotilla_transport::raft::SnapshotMetadata> = self.read_record(
+            Cf::Raft,
+            &keys::truncated_key(range_id),
+            range_id,
+            "truncation record",
+        )?;
+        meta.map(|m| m.index)
+            .ok_or(EngineError::RangeNotFound(range_id))
+    }
+
     /// The apply state of `range_id`, if it applied anything yet.
     ///
     /// # Errors

@@ -178,6 +178,31 @@ impl Peer {
         Ok(())
     }
 
+    /// Log GC: releases the log up to the applied index once more than `threshold` applied
+    /// entries are kept. A follower that falls further behind catches up by snapshot. Returns
+    /// whether it compacted.
+    ///
+    /// # Errors
+    /// [`PeerError::Storage`] when the log cannot be read.
+    pub fn maybe_compact(&mut self, threshold: u64) -> Result<bool, PeerError> {
+        use crate::raft::LogStore as _;
+        let first = self
+            .raw
+            .store()
+            .first_index()
+            .map_err(|e| EngineError::corruption(self.range_id, "log", e))?;
+        let applied = self.applier.applied_index();
+        if applied.saturating_sub(first.saturating_sub(1)) <= threshold {
+            return Ok(false);
+        }
+        match self.compact_to_applied() {
+            Ok(()) => Ok(true),
+            // Another compaction is staged, or the applied entry is no longer in the log.
+            Err(PeerError::Compact(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     pub fn range_id(&self) -> u64 {
         self.range_id
     }

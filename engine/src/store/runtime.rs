@@ -77,6 +77,9 @@ pub struct RuntimeConfig {
     pub max_commands_per_round: usize,
     /// Size of the chunks of outgoing snapshots.
     pub snapshot_chunk_bytes: usize,
+    /// Log GC: a replica keeping more applied entries than this releases its log up to its
+    /// applied index (checked every second); followers further behind get a snapshot.
+    pub log_gc_threshold_entries: u64,
 }
 
 impl RuntimeConfig {
@@ -91,6 +94,7 @@ impl RuntimeConfig {
             max_pending_requests: 65_536,
             max_commands_per_round: 4096,
             snapshot_chunk_bytes: 1024 * 1024,
+            log_gc_threshold_entries: 10_000,
         }
     }
 }
@@ -512,6 +516,7 @@ impl Poller {
             }
             if now >= self.next_gauges {
                 self.gauges();
+                self.collect_logs()?;
                 self.next_gauges = now + Duration::from_secs(1);
             }
         }
@@ -869,6 +874,19 @@ impl Poller {
             .set(lag as f64);
         metrics::gauge!("flotilla_store_pending_requests", "poller" => poller)
             .set((self.writes.len() + self.reads.len()) as f64);
+    }
+
+    /// Releases the logs that grew past the GC threshold (written with the next round).
+    fn collect_logs(&mut self) -> Result<(), PeerError> {
+        let ids: Vec<u64> = self.store.range_ids().collect();
+        for range_id in ids {
+            if let Some(peer) = self.store.peer_mut(range_id) {
+                if peer.maybe_compact(self.config.log_gc_threshold_entries)? {
+                    metrics::counter!("flotilla_raft_log_compactions_total").increment(1);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn fail_pending(&mut self, why: &str) {

@@ -653,3 +653,45 @@ async fn a_graceful_shutdown_hands_leadership_away_without_failing_writes() {
     assert!(written > 0);
     cluster.stop_all().await;
 }
+
+/// A replica far behind the leader's log GC catches up by a snapshot streamed over QUIC, and
+/// then follows the log again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_far_behind_catches_up_by_snapshot() {
+    let mut cluster = Cluster::start_with(3, |c| {
+        c.runtime.log_gc_threshold_entries = 50;
+        c.runtime.snapshot_chunk_bytes = 4096;
+    })
+    .await;
+    let leader = cluster.wait_leader(&[]).await;
+    let behind = cluster
+        .ids()
+        .into_iter()
+        .find(|&i| i != leader)
+        .expect("follower");
+    let client = cluster.client().await;
+    cluster.crash(behind).await;
+    for i in 0..400 {
+        client
+            .put(format!("s{i:03}"), "x".repeat(100))
+            .await
+            .expect("put");
+    }
+    // The leader released its log past what the lagging replica has.
+    eventually("the leader's log GC", || async {
+        let truncated = cluster
+            .node(leader)
+            .engine()
+            .log_truncated_index(FIRST_USER_RANGE)
+            .ok()?;
+        (truncated > 100).then_some(())
+    })
+    .await;
+    cluster.restart(behind).await;
+    cluster.wait_value(behind, "s399", &"x".repeat(100)).await;
+    client.put("s-after", "y").await.expect("put");
+    cluster.wait_value(behind, "s-after", "y").await;
+    let kvs = client.scan("s", "t", 0).await.expect("scan");
+    assert_eq!(kvs.len(), 401);
+    cluster.stop_all().await;
+}

@@ -53,6 +53,11 @@ where
 
 impl Cluster {
     pub async fn start(n: u64) -> Self {
+        Self::start_with(n, |_| {}).await
+    }
+
+    /// A cluster whose node configs `configure` adjusts.
+    pub async fn start_with(n: u64, configure: impl Fn(&mut NodeConfig)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = ClusterCa::generate(CLUSTER).expect("ca");
         let members: BTreeMap<u64, SocketAddr> = (1..=n)
@@ -76,14 +81,16 @@ impl Cluster {
                 transport.down_after = Duration::from_millis(500);
                 transport.reconnect_max = Duration::from_millis(200);
                 transport.idle_timeout = Duration::from_secs(2);
-                NodeConfig {
+                let mut config = NodeConfig {
                     engine: EngineConfig::new(dir.path().join(format!("n{id}")), CLUSTER, id),
                     transport,
                     runtime,
                     tls: ca.issue_node(id, &[]).expect("node cert"),
                     initial_cluster: members.clone(),
                     shutdown_timeout: Duration::from_secs(5),
-                }
+                };
+                configure(&mut config);
+                config
             })
             .collect();
         let mut cluster = Self {
