@@ -1,7 +1,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -60,19 +60,70 @@ struct Inner {
     endpoint: ClientEndpoint,
     cache: Mutex<RangeCache>,
     nodes: Mutex<BTreeMap<u64, SocketAddr>>,
-    client_id: u64,
-    session_start_ms: u64,
-    next_seq: AtomicU64,
-    /// Sequence numbers of writes without a final answer yet.
-    outstanding: Mutex<BTreeSet<u64>>,
+    /// The session new writes use; replaced before the servers could expire it.
+    session: Mutex<Arc<Session>>,
+    /// Writes in flight: the servers keep a bounded number of responses per session.
+    writes: tokio::sync::Semaphore,
     next_endpoint: AtomicUsize,
 }
+
+/// A client session in the servers' tables: its id, when it began, its sequence numbers.
+struct Session {
+    client_id: u64,
+    start_ms: u64,
+    started: Instant,
+    /// The next sequence number, and those without a final answer yet.
+    seqs: Mutex<(u64, BTreeSet<u64>)>,
+}
+
+impl Session {
+    fn new() -> Self {
+        Self {
+            client_id: rand::rng().random_range(1..u64::MAX),
+            start_ms: now_ms(),
+            started: Instant::now(),
+            seqs: Mutex::new((1, BTreeSet::new())),
+        }
+    }
+
+    /// A new sequence number, outstanding until its guard drops.
+    fn begin(self: &Arc<Self>) -> SeqGuard {
+        let mut seqs = self.seqs.lock();
+        let seq = seqs.0;
+        seqs.0 += 1;
+        seqs.1.insert(seq);
+        SeqGuard {
+            session: self.clone(),
+            seq,
+        }
+    }
+
+    fn first_unacked(&self, seq: u64) -> u64 {
+        self.seqs.lock().1.first().copied().unwrap_or(seq)
+    }
+}
+
+/// Ends a write's sequence number however the write ends (answered, failed, cancelled).
+struct SeqGuard {
+    session: Arc<Session>,
+    seq: u64,
+}
+
+impl Drop for SeqGuard {
+    fn drop(&mut self) {
+        self.session.seqs.lock().1.remove(&self.seq);
+    }
+}
+
+/// Writes in flight per client: below the responses a server keeps per session (256), so a
+/// retry always finds its recorded response.
+const MAX_WRITES_IN_FLIGHT: usize = 128;
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
             .field("cluster_id", &self.inner.config.cluster_id)
-            .field("client_id", &self.inner.client_id)
+            .field("client_id", &self.client_id())
             .finish_non_exhaustive()
     }
 }
@@ -101,17 +152,15 @@ impl Client {
                 endpoint,
                 cache: Mutex::new(RangeCache::default()),
                 nodes: Mutex::new(BTreeMap::new()),
-                client_id: rand::rng().random_range(1..u64::MAX),
-                session_start_ms: now_ms(),
-                next_seq: AtomicU64::new(1),
-                outstanding: Mutex::new(BTreeSet::new()),
+                session: Mutex::new(Arc::new(Session::new())),
+                writes: tokio::sync::Semaphore::new(MAX_WRITES_IN_FLIGHT),
                 next_endpoint: AtomicUsize::new(0),
             }),
         };
         let deadline = Instant::now() + client.inner.config.deadline;
         let mut last = String::from("no attempt");
         while Instant::now() < deadline {
-            match client.refresh().await {
+            match client.refresh(Some(deadline)).await {
                 Ok(()) => return Ok(client),
                 Err(e) => last = e.to_string(),
             }
@@ -123,9 +172,21 @@ impl Client {
         })
     }
 
-    /// This client's id in the servers' session tables.
+    /// This client's id in the servers' session tables (it changes when the session is
+    /// renewed).
     pub fn client_id(&self) -> u64 {
-        self.inner.client_id
+        self.inner.session.lock().client_id
+    }
+
+    /// The session for a new write: renewed after half the servers' session TTL, so a
+    /// long-lived client never writes with a session the servers may have expired. Writes in
+    /// flight keep the session they began with.
+    fn session(&self) -> Arc<Session> {
+        let mut session = self.inner.session.lock();
+        if session.started.elapsed() >= self.inner.config.session_renew_after {
+            *session = Arc::new(Session::new());
+        }
+        session.clone()
     }
 
     /// Every address the client knows: the configured endpoints and the members learned.
@@ -151,9 +212,27 @@ impl Client {
         method: &str,
         body: Vec<u8>,
     ) -> Result<Bytes, TransportError> {
+        self.call_within(addr, method, body, None).await
+    }
+
+    /// One attempt, cut at the attempt timeout or at `deadline`, whichever comes first.
+    async fn call_within(
+        &self,
+        addr: SocketAddr,
+        method: &str,
+        body: Vec<u8>,
+        deadline: Option<Instant>,
+    ) -> Result<Bytes, TransportError> {
+        let mut timeout = self.inner.config.attempt_timeout;
+        if let Some(d) = deadline {
+            timeout = timeout.min(d.saturating_duration_since(Instant::now()));
+        }
+        if timeout.is_zero() {
+            return Err(TransportError::DeadlineExceeded);
+        }
         self.inner
             .endpoint
-            .call(addr, method, body.into(), self.inner.config.attempt_timeout)
+            .call(addr, method, body.into(), timeout)
             .await
     }
 
@@ -177,12 +256,20 @@ impl Client {
             .map_err(|e| ClientError::Config(format!("undecodable node status: {e}")))
     }
 
-    /// Reloads members and routes from the next node that answers.
-    async fn refresh(&self) -> Result<(), ClientError> {
+    /// Reloads members and routes from the next node that answers, by `deadline`.
+    async fn refresh(&self, deadline: Option<Instant>) -> Result<(), ClientError> {
         let mut last = None;
         for _ in 0..self.addresses().len() {
             let addr = self.next_address();
-            match self.cluster_info(addr).await {
+            let info = match self
+                .call_within(addr, "cluster.Info", Vec::new(), deadline)
+                .await
+            {
+                Ok(body) => ClusterInfo::decode(body)
+                    .map_err(|e| ClientError::Config(format!("undecodable cluster info: {e}"))),
+                Err(e) => Err(e.into()),
+            };
+            match info {
                 Ok(info) => {
                     let mut nodes = self.inner.nodes.lock();
                     for n in &info.nodes {
@@ -205,11 +292,14 @@ impl Client {
         Err(last.unwrap_or_else(|| ClientError::Config("no endpoints".into())))
     }
 
-    /// The node to try for `route`: its leader when known, else its replicas in turn.
-    fn target(&self, route: &Route) -> SocketAddr {
+    /// The node to try for `route`: its leader when known (unless `any_replica`), else its
+    /// replicas in turn.
+    fn target(&self, route: &Route, any_replica: bool) -> SocketAddr {
         let nodes = self.inner.nodes.lock();
-        if let Some(addr) = nodes.get(&route.leader_node) {
-            return *addr;
+        if !any_replica {
+            if let Some(addr) = nodes.get(&route.leader_node) {
+                return *addr;
+            }
         }
         let candidates: Vec<SocketAddr> = route
             .descriptor
@@ -276,37 +366,47 @@ impl Client {
     }
 
     /// Runs `attempt` against the range of internal key `key` until it is done, fails for
-    /// good, or the deadline passes; backs off with jitter between attempts.
-    async fn with_retries<T, F, Fut>(&self, key: &[u8], mut attempt: F) -> Result<T, ClientError>
+    /// good, or the deadline passes; backs off with jitter between attempts. `any_replica`:
+    /// the request may go to any replica (follower and stale reads), not only the leader.
+    async fn with_retries<T, F, Fut>(
+        &self,
+        key: &[u8],
+        any_replica: bool,
+        mut attempt: F,
+    ) -> Result<T, ClientError>
     where
-        F: FnMut(Route, SocketAddr) -> Fut,
+        F: FnMut(Route, SocketAddr, Instant) -> Fut,
         Fut: Future<Output = Step<T>>,
     {
-        let started = Instant::now();
-        let deadline = started + self.inner.config.deadline;
+        let deadline = Instant::now() + self.inner.config.deadline;
         let mut backoff = Duration::from_millis(10);
         let mut last = String::from("no attempt");
+        let pause = |backoff: Duration| {
+            let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
+            let wait = backoff + Duration::from_millis(jitter);
+            tokio::time::sleep(wait.min(deadline.saturating_duration_since(Instant::now())))
+        };
         while Instant::now() < deadline {
-            let route = self.inner.cache.lock().locate(key);
-            let route = match route {
+            let located = self.inner.cache.lock().locate(key);
+            let route = match located {
                 Some(r) => r,
                 None => {
-                    if let Err(e) = self.refresh().await {
+                    if let Err(e) = self.refresh(Some(deadline)).await {
                         last = e.to_string();
                     }
                     let located = self.inner.cache.lock().locate(key);
                     match located {
                         Some(r) => r,
                         None => {
-                            tokio::time::sleep(backoff).await;
+                            pause(backoff).await;
                             backoff = (backoff * 2).min(Duration::from_millis(500));
                             continue;
                         }
                     }
                 }
             };
-            let addr = self.target(&route);
-            match attempt(route, addr).await {
+            let addr = self.target(&route, any_replica);
+            match attempt(route, addr, deadline).await {
                 Step::Done(v) => return Ok(v),
                 Step::Fail(e) => return Err(e),
                 Step::Retry(why) => {
@@ -314,8 +414,7 @@ impl Client {
                     last = why;
                 }
             }
-            let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
-            tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
+            pause(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(500));
         }
         Err(ClientError::Timeout {
@@ -333,47 +432,45 @@ impl Client {
         routing_key: &[u8],
         request: WriteRequest,
     ) -> Result<WriteResponse, ClientError> {
-        let seq = self.inner.next_seq.fetch_add(1, Ordering::Relaxed);
-        self.inner.outstanding.lock().insert(seq);
-        let result = self
-            .with_retries(&internal(routing_key), |route, addr| {
-                let first_unacked_seq = self
-                    .inner
-                    .outstanding
-                    .lock()
-                    .first()
-                    .copied()
-                    .unwrap_or(seq);
-                let command = RaftCommand {
-                    header: Some(CommandHeader {
-                        range_id: route.descriptor.id,
-                        epoch: route.descriptor.epoch,
-                        client_id: self.inner.client_id,
-                        seq,
-                        first_unacked_seq,
-                        session_start_ms: self.inner.session_start_ms,
-                        proposed_at_ms: 0,
-                    }),
-                    request: Some(request.clone()),
-                };
-                async move {
-                    match self.call(addr, "kv.Write", command.encode_to_vec()).await {
-                        Ok(body) => match WriteResponse::decode(body) {
-                            Ok(response) => match &response.response {
-                                Some(write_response::Response::Error(e)) => {
-                                    self.on_refusal(&route, e)
-                                }
-                                _ => Step::Done(response),
-                            },
-                            Err(e) => Step::Retry(format!("undecodable response: {e}")),
+        let _permit = self
+            .inner
+            .writes
+            .acquire()
+            .await
+            .map_err(|_| ClientError::Config("the client is closed".into()))?;
+        let session = self.session();
+        let guard = session.begin();
+        let seq = guard.seq;
+        self.with_retries(&internal(routing_key), false, |route, addr, deadline| {
+            let command = RaftCommand {
+                header: Some(CommandHeader {
+                    range_id: route.descriptor.id,
+                    epoch: route.descriptor.epoch,
+                    client_id: session.client_id,
+                    seq,
+                    first_unacked_seq: session.first_unacked(seq),
+                    session_start_ms: session.start_ms,
+                    proposed_at_ms: 0,
+                }),
+                request: Some(request.clone()),
+            };
+            async move {
+                match self
+                    .call_within(addr, "kv.Write", command.encode_to_vec(), Some(deadline))
+                    .await
+                {
+                    Ok(body) => match WriteResponse::decode(body) {
+                        Ok(response) => match &response.response {
+                            Some(write_response::Response::Error(e)) => self.on_refusal(&route, e),
+                            _ => Step::Done(response),
                         },
-                        Err(e) => self.on_transport_error(&route, &e),
-                    }
+                        Err(e) => Step::Retry(format!("undecodable response: {e}")),
+                    },
+                    Err(e) => self.on_transport_error(&route, &e),
                 }
-            })
-            .await;
-        self.inner.outstanding.lock().remove(&seq);
-        result
+            }
+        })
+        .await
     }
 
     async fn read(
@@ -382,7 +479,8 @@ impl Client {
         consistency: ReadConsistency,
         request: read_request::Request,
     ) -> Result<read_response::Response, ClientError> {
-        self.with_retries(key, |route, addr| {
+        let any_replica = consistency != ReadConsistency::Linearizable;
+        self.with_retries(key, any_replica, |route, addr, deadline| {
             let body = ReadRequest {
                 range_id: route.descriptor.id,
                 epoch: route.descriptor.epoch,
@@ -391,7 +489,10 @@ impl Client {
             }
             .encode_to_vec();
             async move {
-                match self.call(addr, "kv.Read", body).await {
+                match self
+                    .call_within(addr, "kv.Read", body, Some(deadline))
+                    .await
+                {
                     Ok(body) => match ReadResponse::decode(body) {
                         Ok(ReadResponse {
                             response: Some(read_response::Response::Error(e)),

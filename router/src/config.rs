@@ -19,6 +19,9 @@ pub struct ClientConfig {
     /// The longest one attempt at one node may take.
     pub attempt_timeout: Duration,
     pub read_consistency: ReadConsistency,
+    /// New writes start a new session after this long, well within the servers' session TTL
+    /// (`kv.session-ttl-ms`, 1 h by default), so the servers never see a session they expired.
+    pub session_renew_after: Duration,
 }
 
 fn env(name: &str) -> Result<String, ClientError> {
@@ -42,6 +45,7 @@ impl ClientConfig {
             deadline: Duration::from_secs(10),
             attempt_timeout: Duration::from_secs(2),
             read_consistency: ReadConsistency::Linearizable,
+            session_renew_after: Duration::from_secs(20 * 60),
         }
     }
 

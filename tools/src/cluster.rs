@@ -74,11 +74,18 @@ fn endpoints(o: &UpOptions) -> Vec<String> {
         .collect()
 }
 
+/// Whether `pid` is a running flotilla server (a zombie counts as gone; a pid reused by
+/// another program is not ours).
 fn pid_alive(pid: u32) -> bool {
-    // A zombie (exited, not yet reaped) counts as gone.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+    let running = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| !s.contains(") Z "))
-        .unwrap_or(false)
+        .unwrap_or(false);
+    let ours = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+        let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+        args.first().is_some_and(|a| a.ends_with(b"flotilla"))
+            && args.get(1).is_some_and(|a| *a == b"server")
+    });
+    running && ours
 }
 
 fn read_pids(dir: &Path) -> Vec<(u64, u32)> {
@@ -178,13 +185,18 @@ pub async fn up(o: UpOptions) -> anyhow::Result<()> {
             use std::os::unix::process::CommandExt;
             command.process_group(0);
         }
-        let child = command
-            .spawn()
-            .with_context(|| format!("cannot start node {id}"))?;
+        let child = match command.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                stop(&dir, Duration::from_secs(10));
+                return Err(e).with_context(|| format!("cannot start node {id}"));
+            }
+        };
+        // Written as each node starts, so a failure later still finds every node to stop.
         let _ = writeln!(pids, "{id} {}", child.id());
+        write(&dir.join("pids"), &pids)?;
         children.push((id, child));
     }
-    write(&dir.join("pids"), &pids)?;
     let certs = dir.join("certs");
     let env = format!(
         "export FLOTILLA_CLUSTER_ID={}\nexport FLOTILLA_ENDPOINTS={}\nexport FLOTILLA_CA={}\n\
@@ -266,22 +278,23 @@ async fn wait_serving(
     bail!("no linearizable read within a minute: {last}")
 }
 
-/// Sends SIGTERM to every node of the cluster in `dir` and waits for them (SIGKILL after
-/// `grace`). Returns how many were running.
+/// Stops the nodes of the cluster in `dir` one after another: SIGTERM (the node hands its
+/// leaderships to the nodes still running), then SIGKILL after `grace`. Returns how many
+/// were running.
 pub fn stop(dir: &Path, grace: Duration) -> usize {
-    let pids = read_pids(dir);
-    let running: Vec<(u64, u32)> = pids.into_iter().filter(|(_, p)| pid_alive(*p)).collect();
-    for (_, pid) in &running {
+    let running: Vec<(u64, u32)> = read_pids(dir)
+        .into_iter()
+        .filter(|(_, p)| pid_alive(*p))
+        .collect();
+    for (node, pid) in &running {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(pid.to_string())
             .status();
-    }
-    let deadline = Instant::now() + grace;
-    while running.iter().any(|(_, p)| pid_alive(*p)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    for (node, pid) in &running {
+        let deadline = Instant::now() + grace;
+        while pid_alive(*pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         if pid_alive(*pid) {
             eprintln!("node {node} (pid {pid}) did not stop in time: killing it");
             let _ = Command::new("kill")

@@ -340,7 +340,8 @@ impl Transport {
         self.inner
             .endpoint
             .close(VarInt::from_u32(CODE_SHUTDOWN), b"shutdown");
-        self.inner.endpoint.wait_idle().await;
+        // Peers that are gone never acknowledge the close: do not wait for them for long.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
     }
 }
 
@@ -481,6 +482,9 @@ async fn connection(inner: &Arc<Inner>, node_id: u64) -> Result<Connection, Tran
 }
 
 async fn dial(inner: &Arc<Inner>, node_id: u64) -> Result<Connection, TransportError> {
+    if *inner.shutdown.borrow() {
+        return Err(TransportError::Shutdown);
+    }
     let addr = inner
         .addresses
         .lock()

@@ -275,15 +275,46 @@ impl Node {
         self.service.status().await
     }
 
-    /// Hands every leadership of this node to another voter whose node is up.
-    async fn transfer_leaderships(&self) {
+    /// Whether the node halted (a storage failure or a panic in a poller): the process
+    /// should exit and be restarted by its supervisor.
+    pub fn is_halted(&self) -> bool {
+        self.handle().is_none_or(RuntimeHandle::is_halted)
+    }
+
+    /// Leaderships this node holds; `None` when a poller did not answer by `deadline`.
+    async fn leaders(&self, deadline: Instant) -> Option<u64> {
+        let handle = self.handle()?;
+        let answers = handle.on_every_store(|store| {
+            let ids: Vec<u64> = store.range_ids().collect();
+            ids.into_iter()
+                .filter(|&r| {
+                    store
+                        .peer_mut(r)
+                        .is_some_and(|p| p.raft().status().role == Role::Leader)
+                })
+                .count() as u64
+        });
+        let mut total = 0;
+        for answer in answers {
+            total += tokio::time::timeout_at(deadline.into(), answer)
+                .await
+                .ok()?
+                .ok()?;
+        }
+        Some(total)
+    }
+
+    /// Hands every leadership of this node to another voter whose node is up. Returns how
+    /// many leaderships had somewhere to go.
+    async fn transfer_leaderships(&self, deadline: Instant) -> u64 {
         let Some(handle) = self.handle() else {
-            return;
+            return 0;
         };
         let transport = self.transport.clone();
         let me = self.node_id;
         let answers = handle.on_every_store(move |store| {
             let ids: Vec<u64> = store.range_ids().collect();
+            let mut movable = 0u64;
             for range_id in ids {
                 let Some(peer) = store.peer_mut(range_id) else {
                     continue;
@@ -291,25 +322,40 @@ impl Node {
                 if peer.raft().status().role != Role::Leader {
                     continue;
                 }
-                let target = peer
+                // The most caught-up voter that is recently active and whose node is up.
+                let voters: Vec<(u64, u64)> = peer
                     .applier()
                     .descriptor()
                     .replicas
                     .iter()
-                    .find(|r| {
+                    .filter(|r| {
                         r.node_id != me
                             && r.role == ReplicaRole::Voter as i32
                             && transport.is_up(r.node_id)
                     })
-                    .map(|r| r.replica_id);
+                    .map(|r| (r.replica_id, r.node_id))
+                    .collect();
+                let target = peer
+                    .raft()
+                    .follower_progress()
+                    .into_iter()
+                    .filter(|(id, _, active)| *active && voters.iter().any(|(v, _)| v == id))
+                    .max_by_key(|(_, matched, _)| *matched)
+                    .map(|(id, _, _)| id);
                 if let Some(to) = target {
+                    movable += 1;
                     let _ = peer.raft().transfer_leader(to);
                 }
             }
+            movable
         });
+        let mut movable = 0;
         for answer in answers {
-            let _ = answer.await;
+            if let Ok(Ok(n)) = tokio::time::timeout_at(deadline.into(), answer).await {
+                movable += n;
+            }
         }
+        movable
     }
 
     /// Stops gracefully: refuses new requests, hands leaderships away, lets requests in
@@ -319,7 +365,8 @@ impl Node {
         self.service.accepting.store(false, Ordering::Relaxed);
         let mut poll = tokio::time::interval(Duration::from_millis(20));
         let report = loop {
-            let leaders = self.status().await.leaders;
+            // A poller that does not answer counts as still leading.
+            let leaders = self.leaders(deadline).await.unwrap_or(u64::MAX);
             let pending = self.handle().map_or(0, RuntimeHandle::pending_requests);
             if (leaders == 0 && pending == 0) || Instant::now() >= deadline {
                 if leaders > 0 || pending > 0 {
@@ -335,8 +382,17 @@ impl Node {
                     requests_left: pending,
                 };
             }
-            if leaders > 0 {
-                self.transfer_leaderships().await;
+            // The last node up has nowhere to hand its leaderships: it only waits for requests.
+            let movable = if leaders > 0 {
+                self.transfer_leaderships(deadline).await
+            } else {
+                0
+            };
+            if movable == 0 && pending == 0 {
+                break ShutdownReport {
+                    leaders_left: leaders,
+                    requests_left: 0,
+                };
             }
             poll.tick().await;
         };
@@ -349,7 +405,8 @@ impl Node {
     pub async fn stop_now(&mut self) {
         self.service.accepting.store(false, Ordering::Relaxed);
         if let Some(runtime) = self.runtime.take() {
-            tokio::task::block_in_place(|| runtime.stop());
+            // Joining the pollers blocks: not on a runtime worker.
+            let _ = tokio::task::spawn_blocking(move || runtime.stop()).await;
         }
         self.transport.shutdown().await;
         tracing::info!(node = self.node_id, "node stopped");

@@ -62,14 +62,18 @@ impl Network for TransportNetwork {
             };
             let send = transport.send_snapshot(to_node, range_id, header.into(), rx);
             let ((), result) = tokio::join!(feed, send);
-            match result {
-                Ok(()) => done(true),
+            let ok = match result {
+                Ok(()) => true,
                 Err(e) => {
                     tracing::warn!(node = transport.node_id(), peer = to_node, range = range_id,
                         error = %e, "snapshot stream failed");
-                    done(false);
+                    false
                 }
-            }
+            };
+            // `done` reports to a poller's bounded mailbox and may block while it is full:
+            // never on a runtime worker. The report must not be lost (the leader holds the
+            // follower in snapshot state until it comes).
+            let _ = tokio::task::spawn_blocking(move || done(ok)).await;
         });
     }
 }

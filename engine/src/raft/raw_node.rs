@@ -510,6 +510,24 @@ impl<S: LogStore> RawNode<S> {
         self.raft.log.term(index)
     }
 
+    /// On a leader: `(replica id, matched index, recently active)` of every other member,
+    /// what a leadership transfer picks its target by. Empty on followers.
+    pub fn follower_progress(&self) -> Vec<(u64, u64, bool)> {
+        if self.raft.role != super::core::Role::Leader {
+            return Vec::new();
+        }
+        self.raft
+            .tracker
+            .member_ids()
+            .into_iter()
+            .filter(|&id| id != self.raft.id)
+            .filter_map(|id| {
+                let pr = self.raft.tracker.get(id)?;
+                Some((id, pr.matched, pr.recent_active))
+            })
+            .collect()
+    }
+
     pub fn store(&self) -> &S {
         &self.raft.log.store
     }

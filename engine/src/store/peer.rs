@@ -38,6 +38,8 @@ pub enum PeerError {
     },
     #[error(transparent)]
     Compact(#[from] CompactError),
+    #[error("halted: {0}")]
+    Halted(String),
 }
 
 /// What a finished round hands back to the store.

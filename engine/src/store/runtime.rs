@@ -358,13 +358,24 @@ impl Runtime {
 
     /// Stops the pollers after their current round; requests still pending are answered
     /// `Unavailable`. Returns when every poller has exited.
-    pub fn stop(self) {
+    pub fn stop(mut self) {
         for mailbox in self.handle.mailboxes.iter() {
             // A blocking send: the stop must arrive even behind a full mailbox.
             let _ = mailbox.send(Command::Stop);
         }
-        for thread in self.threads {
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Runtime {
+    /// A runtime dropped without `stop` still stops its pollers (without waiting for them).
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            for mailbox in self.handle.mailboxes.iter() {
+                let _ = mailbox.try_send(Command::Stop);
+            }
         }
     }
 }
@@ -377,6 +388,7 @@ struct PendingWrite {
 }
 
 struct PendingRead {
+    range_id: u64,
     request: ReadRequest,
     reply: oneshot::Sender<ReadResult>,
     deadline: Instant,
@@ -400,6 +412,16 @@ struct Poller {
     next_read_id: u64,
     next_expiry: Instant,
     next_gauges: Instant,
+}
+
+/// A random number per call, from the standard library's per-process hasher keys: read ids
+/// must not repeat across restarts (a leader's answer to a read sent before a restart must not
+/// confirm a new one).
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_ms());
+    h.finish()
 }
 
 fn now_ms() -> u64 {
@@ -445,7 +467,7 @@ impl Poller {
             writes: HashMap::new(),
             reads: HashMap::new(),
             confirmed: BTreeMap::new(),
-            next_read_id: 1,
+            next_read_id: random_u64(),
             next_expiry: now,
             next_gauges: now,
         }
@@ -459,6 +481,16 @@ impl Poller {
             ranges = self.ticks.len(),
             "poller started"
         );
+        // A panic in this thread halts the node like a storage failure would.
+        struct HaltOnPanic(RuntimeHandle);
+        impl Drop for HaltOnPanic {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.halted.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        let _guard = HaltOnPanic(self.shared.clone());
         match self.run_rounds() {
             Ok(()) => {
                 self.fail_pending("the node is stopping");
@@ -481,29 +513,44 @@ impl Poller {
     }
 
     fn run_rounds(&mut self) -> Result<(), PeerError> {
+        let mut commands = Vec::new();
         loop {
             let wait = self.next_wake().saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(wait) {
-                Ok(command) => {
-                    if !self.handle(command)? {
-                        return Ok(());
-                    }
-                }
+                Ok(command) => commands.push(command),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
-            for _ in 1..self.config.max_commands_per_round {
+            while commands.len() < self.config.max_commands_per_round {
                 match self.rx.try_recv() {
-                    Ok(command) => {
-                        if !self.handle(command)? {
-                            return Ok(());
-                        }
-                    }
+                    Ok(command) => commands.push(command),
                     Err(_) => break,
                 }
             }
+            // A halt elsewhere in the node stops this poller too (fail-stop for the node: its
+            // other ranges must not keep leading while it refuses every request).
+            if self.shared.is_halted() {
+                return Err(PeerError::Halted(
+                    "another poller of this node halted".into(),
+                ));
+            }
+            // Time first: reads and leases are judged against a clock that has caught up.
             let now = Instant::now();
             self.tick_due(now)?;
+            let mut stop = false;
+            for command in commands.drain(..) {
+                if stop {
+                    reply_command(
+                        command,
+                        RequestError::Unavailable("the node is stopping".into()),
+                    );
+                } else if !self.handle(command)? {
+                    stop = true;
+                }
+            }
+            if stop {
+                return Ok(());
+            }
             let round = self.store.round()?;
             self.dispatch(round);
             self.shared.pending[self.index].store(
@@ -523,6 +570,11 @@ impl Poller {
     }
 
     fn tick_due(&mut self, now: Instant) -> Result<(), PeerError> {
+        // A poller that stalled (a long fsync, a big snapshot) replays the ticks it missed, up
+        // to twice the election timeout: a leader's lease and check-quorum are counted in
+        // ticks, so dropping them would let a deposed leader believe in its lease for longer
+        // than the followers waited. More than that cannot change any outcome.
+        let max_catch_up = 2 * self.config.raft.election_timeout_ticks.max(1);
         while let Some(Reverse((due, range_id))) = self.ticks.peek().copied() {
             if due > now {
                 break;
@@ -531,9 +583,13 @@ impl Poller {
             if self.store.peer(range_id).is_none() {
                 continue;
             }
-            self.store.tick_range(range_id)?;
-            // A poller that fell behind does not tick a range twice to catch up.
-            let next = (due + self.config.tick).max(now);
+            let tick = self.config.tick;
+            let missed =
+                (now.saturating_duration_since(due).as_nanos() / tick.as_nanos().max(1)) as u64;
+            for _ in 0..=missed.min(max_catch_up) {
+                self.store.tick_range(range_id)?;
+            }
+            let next = due + tick * u32::try_from(missed + 1).unwrap_or(u32::MAX);
             self.ticks.push(Reverse((next, range_id)));
         }
         Ok(())
@@ -623,7 +679,7 @@ impl Poller {
         match self.store.propose_write(header, request, now_ms()) {
             Ok(ticket) => {
                 metrics::counter!("flotilla_raft_proposals_total").increment(1);
-                self.writes.insert(
+                let displaced = self.writes.insert(
                     (ticket.range_id, ticket.index),
                     PendingWrite {
                         term: ticket.term,
@@ -632,6 +688,13 @@ impl Poller {
                         started: Instant::now(),
                     },
                 );
+                // The index was proposed again in a later term: the earlier entry there was
+                // truncated, so that write certainly did not apply.
+                if let Some(old) = displaced {
+                    let _ = old
+                        .reply
+                        .send(Err(KvError::ProposalDropped { range_id }.into()));
+                }
             }
             Err(ProposeRefused::NotLeader { .. }) => {
                 let e = self.not_leader(range_id);
@@ -694,7 +757,7 @@ impl Poller {
             _ => {}
         }
         let id = self.next_read_id;
-        self.next_read_id += 1;
+        self.next_read_id = self.next_read_id.wrapping_add(1);
         let context = Bytes::copy_from_slice(&id.to_be_bytes());
         let Some(peer) = self.store.peer_mut(range_id) else {
             return;
@@ -704,6 +767,7 @@ impl Poller {
                 self.reads.insert(
                     id,
                     PendingRead {
+                        range_id,
                         request,
                         reply,
                         deadline,
@@ -768,7 +832,7 @@ impl Poller {
                 continue;
             };
             let id = u64::from_be_bytes(raw);
-            if self.reads.contains_key(&id) {
+            if self.reads.get(&id).is_some_and(|r| r.range_id == range_id) {
                 self.confirmed
                     .entry(range_id)
                     .or_default()

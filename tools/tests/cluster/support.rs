@@ -133,7 +133,17 @@ impl Cluster {
     /// Starts (or restarts) node `id` from its directory.
     pub async fn restart(&mut self, id: u64) {
         let config = self.configs[Self::index(id)].clone();
-        let node = Node::start(config).await.expect("node starts");
+        // A stopped endpoint's socket lingers while its closed connections drain.
+        let node = eventually(&format!("node {id} to start"), || async {
+            match Node::start(config.clone()).await {
+                Ok(node) => Some(node),
+                Err(flotilla_engine::node::NodeError::Transport(
+                    flotilla_transport::TransportError::Bind { .. },
+                )) => None,
+                Err(e) => panic!("node {id} cannot start: {e}"),
+            }
+        })
+        .await;
         self.nodes[Self::index(id)] = Some(node);
     }
 
@@ -215,6 +225,17 @@ impl Cluster {
             seen = Some(leader);
         }
         seen
+    }
+
+    /// The leader of `range_id` as node `id` knows it.
+    pub async fn leader_seen_by(&self, id: u64, range_id: u64) -> Option<u64> {
+        self.node(id)
+            .ranges()
+            .await
+            .iter()
+            .find(|r| r.descriptor.as_ref().is_some_and(|d| d.id == range_id))
+            .map(|r| r.leader_node)
+            .filter(|l| *l != 0)
     }
 
     pub async fn wait_leader(&self, excluding: &[u64]) -> u64 {

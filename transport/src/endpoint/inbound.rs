@@ -46,16 +46,48 @@ pub(super) async fn accept_loop(inner: Arc<Inner>) {
 /// Serves the streams a peer opens on `conn` until it closes. `dialed` says whether this node
 /// dialed it (which decides which duplicate connection survives).
 pub(super) async fn serve_connection(inner: Arc<Inner>, conn: Connection, dialed: bool) {
-    loop {
+    let error = loop {
         tokio::select! {
             uni = conn.accept_uni() => match uni {
                 Ok(recv) => { tokio::spawn(serve_uni(inner.clone(), conn.clone(), recv, dialed)); }
-                Err(_) => return,
+                Err(e) => break e,
             },
             bi = conn.accept_bi() => match bi {
                 Ok((send, recv)) => { tokio::spawn(serve_rpc(inner.clone(), conn.clone(), send, recv)); }
-                Err(_) => return,
+                Err(e) => break e,
             },
+        }
+    };
+    // A peer that shut down cleanly said so: it is down now, not after `down_after` (its
+    // ranges' followers elsewhere can act at once).
+    if let quinn::ConnectionError::ApplicationClosed(close) = &error {
+        if close.error_code == VarInt::from_u32(CODE_SHUTDOWN) {
+            peer_shut_down(&inner, &conn);
+        }
+    }
+}
+
+fn peer_shut_down(inner: &Inner, conn: &Connection) {
+    let peers: Vec<Arc<Peer>> = inner.peers.lock().values().cloned().collect();
+    for p in peers {
+        let ours = p
+            .link
+            .lock()
+            .as_ref()
+            .is_some_and(|l| l.conn.stable_id() == conn.stable_id());
+        if !ours {
+            continue;
+        }
+        let mut up = p.up.lock();
+        if up.0 {
+            up.0 = false;
+            drop(up);
+            tracing::info!(
+                node = inner.config.node_id,
+                peer = p.node_id,
+                "peer shut down"
+            );
+            inner.sink.peer_state(p.node_id, false);
         }
     }
 }
