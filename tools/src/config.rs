@@ -71,6 +71,10 @@ snapshot-chunk-bytes = 1048576
 # Log GC: a range keeping more applied log entries than this releases them; a follower that
 # falls further behind catches up by snapshot.
 log-gc-threshold-entries = 10000
+# Quiesce idle ranges: no ticks and no heartbeats until traffic returns; node liveness wakes
+# the followers of a leader whose node went down, at most max-wakeups-per-tick ranges a tick.
+quiesce = true
+max-wakeups-per-tick = 1000
 entry-cache-bytes = 268435456
 entry-cache-bytes-per-range = 4194304
 # How long a graceful shutdown (SIGTERM) waits for leaderships to move away.
@@ -132,6 +136,8 @@ pub struct StoreSection {
     pub max_pending_requests: usize,
     pub snapshot_chunk_bytes: usize,
     pub log_gc_threshold_entries: u64,
+    pub quiesce: bool,
+    pub max_wakeups_per_tick: usize,
     pub entry_cache_bytes: u64,
     pub entry_cache_bytes_per_range: u64,
     pub shutdown_timeout_ms: u64,
@@ -193,6 +199,8 @@ impl Default for StoreSection {
             max_pending_requests: r.max_pending_requests,
             snapshot_chunk_bytes: r.snapshot_chunk_bytes,
             log_gc_threshold_entries: r.log_gc_threshold_entries,
+            quiesce: r.quiesce,
+            max_wakeups_per_tick: r.max_wakeups_per_tick,
             entry_cache_bytes: e.entry_cache_bytes,
             entry_cache_bytes_per_range: e.entry_cache_bytes_per_range,
             shutdown_timeout_ms: 5000,
@@ -321,6 +329,8 @@ impl ServerConfig {
         runtime.max_pending_requests = self.store.max_pending_requests;
         runtime.snapshot_chunk_bytes = self.store.snapshot_chunk_bytes;
         runtime.log_gc_threshold_entries = self.store.log_gc_threshold_entries;
+        runtime.quiesce = self.store.quiesce;
+        runtime.max_wakeups_per_tick = self.store.max_wakeups_per_tick;
         let mut engine = EngineConfig::new(
             resolve(&self.data_dir),
             self.cluster_id.clone(),

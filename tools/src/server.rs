@@ -82,7 +82,25 @@ pub async fn run(config: ServerConfig, config_path: &Path) -> anyhow::Result<()>
     let node = Node::start(node_config)
         .await
         .with_context(|| format!("node {} cannot start", config.node_id))?;
-    wait_for_signal().await?;
+    let halted = async {
+        let mut every = tokio::time::interval(std::time::Duration::from_millis(200));
+        while !node.is_halted() {
+            every.tick().await;
+        }
+    };
+    let halt = tokio::select! {
+        r = wait_for_signal() => { r?; false }
+        () = halted => true,
+    };
+    if halt {
+        let mut node = node;
+        node.stop_now().await;
+        anyhow::bail!(
+            "node {} halted (storage failure or internal error): see the log above; restart it \
+             once the cause is fixed",
+            config.node_id
+        );
+    }
     tracing::info!(
         node = config.node_id,
         "shutting down: moving leaderships away"

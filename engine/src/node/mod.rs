@@ -71,6 +71,13 @@ impl NodeConfig {
                  cluster arrives with placement"
             ));
         }
+        if self.runtime.quiesce && self.runtime.raft.lease_reads {
+            return Err(
+                "raft.lease-reads: a quiet leader does not tick, so its lease cannot be \
+                        trusted; turn off store.quiesce to use lease reads"
+                    .into(),
+            );
+        }
         if self.runtime.pollers == 0 {
             return Err("pollers: must be at least 1".into());
         }
@@ -316,6 +323,7 @@ impl Node {
             let ids: Vec<u64> = store.range_ids().collect();
             let mut movable = 0u64;
             for range_id in ids {
+                store.wake(range_id);
                 let Some(peer) = store.peer_mut(range_id) else {
                     continue;
                 };

@@ -510,6 +510,34 @@ impl<S: LogStore> RawNode<S> {
         self.raft.log.term(index)
     }
 
+    /// Whether this replica leads an idle group that may go quiet: nothing uncommitted or
+    /// unapplied, no read, transfer or membership change in progress, and every member
+    /// recently active with the whole log. (The store quiesces; the core only answers.)
+    ///
+    /// # Errors
+    /// [`StorageError`] when the log cannot be read.
+    pub fn quiescable(&self) -> Result<bool, StorageError> {
+        let r = &self.raft;
+        if r.role != super::core::Role::Leader
+            || r.lead_transferee.is_some()
+            || r.reads.len() > 0
+            || r.pending_conf_index > r.log.committed
+            || self.ready_outstanding
+        {
+            return Ok(false);
+        }
+        let last = r.log.last_index()?;
+        if r.log.committed != last || r.log.applied != last {
+            return Ok(false);
+        }
+        Ok(r.tracker.member_ids().into_iter().all(|id| {
+            id == r.id
+                || r.tracker
+                    .get(id)
+                    .is_some_and(|pr| pr.matched == last && pr.recent_active)
+        }))
+    }
+
     /// On a leader: `(replica id, matched index, recently active)` of every other member,
     /// what a leadership transfer picks its target by. Empty on followers.
     pub fn follower_progress(&self) -> Vec<(u64, u64, bool)> {

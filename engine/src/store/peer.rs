@@ -64,6 +64,8 @@ pub struct Peer {
     kv: KvConfig,
     /// Data of a snapshot stepped in, waiting for the Ready that installs it.
     pending_snapshot: Option<ReceivedSnapshot>,
+    /// Quiesced: not ticked until traffic returns (DESIGN section 7).
+    quiet: bool,
 }
 
 impl std::fmt::Debug for Peer {
@@ -116,6 +118,7 @@ impl Peer {
             applier,
             kv,
             pending_snapshot: None,
+            quiet: false,
         })
     }
 
@@ -203,6 +206,15 @@ impl Peer {
             Err(PeerError::Compact(_)) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether the range is quiet (its replica is not ticked).
+    pub fn is_quiet(&self) -> bool {
+        self.quiet
+    }
+
+    pub(crate) fn set_quiet(&mut self, quiet: bool) {
+        self.quiet = quiet;
     }
 
     pub fn range_id(&self) -> u64 {

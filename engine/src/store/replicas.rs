@@ -13,12 +13,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use flotilla_transport::kv::{CommandHeader, RaftCommand, WriteRequest};
 use flotilla_transport::meta::RangeDescriptor;
-use flotilla_transport::raft::{Message, SnapshotMetadata};
+use flotilla_transport::raft::{Message, MessageType, SnapshotMetadata};
 use prost::Message as _;
 
 use super::peer::{Peer, PeerError, RoundOutput};
 use crate::kv::{check_command, Applied, KvConfig, KvError};
-use crate::raft::{Config, ProposeError, ReadState};
+use crate::raft::{Config, ProposeError, ReadState, Role};
 use crate::storage::{Engine, LogBatch};
 
 /// What one round produced.
@@ -83,6 +83,8 @@ pub struct Store {
     nodes_of_replicas: BTreeMap<u64, u64>,
     /// Proposals waiting for their index to apply: (range, index) -> term.
     pending: BTreeMap<(u64, u64), u64>,
+    /// Quiet ranges woken since the caller last asked (it ticks them again).
+    woken: Vec<u64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -129,6 +131,7 @@ impl Store {
             peers: BTreeMap::new(),
             nodes_of_replicas: BTreeMap::new(),
             pending: BTreeMap::new(),
+            woken: Vec::new(),
         };
         for range_id in engine.range_ids()?.into_iter().filter(|r| hosts(*r)) {
             let descriptor = engine
@@ -246,6 +249,12 @@ impl Store {
     /// # Errors
     /// [`PeerError`] if the replica's storage failed.
     pub fn step(&mut self, range_id: u64, message: Message) -> Result<bool, PeerError> {
+        if message.msg_type == MessageType::Quiesce as i32 {
+            return self.quiesce_follower(range_id, &message);
+        }
+        if self.wakes(range_id, &message) {
+            self.wake(range_id);
+        }
         match self.peers.get_mut(&range_id) {
             Some(peer) => {
                 match peer.raft().step(message) {
@@ -258,6 +267,117 @@ impl Store {
             }
             None => Ok(false),
         }
+    }
+
+    /// Wakes a quiet range (traffic returned): it is ticked again.
+    pub fn wake(&mut self, range_id: u64) {
+        if let Some(peer) = self.peers.get_mut(&range_id) {
+            if peer.is_quiet() {
+                peer.set_quiet(false);
+                self.woken.push(range_id);
+            }
+        }
+    }
+
+    /// The quiet ranges woken since the last call.
+    pub fn take_woken(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.woken)
+    }
+
+    pub fn is_quiet(&self, range_id: u64) -> bool {
+        self.peers.get(&range_id).is_some_and(Peer::is_quiet)
+    }
+
+    /// Leader side: when the range is idle and every follower has the whole log, quiets it
+    /// and returns the `Quiesce` messages for its followers, by node.
+    ///
+    /// # Errors
+    /// [`PeerError`] when the log cannot be read.
+    pub fn try_quiesce(&mut self, range_id: u64) -> Result<Vec<(u64, Message)>, PeerError> {
+        let Some(peer) = self.peers.get_mut(&range_id) else {
+            return Ok(Vec::new());
+        };
+        let quiescable = peer
+            .raft()
+            .quiescable()
+            .map_err(|e| crate::storage::EngineError::corruption(range_id, "log", e))?;
+        if peer.is_quiet() || !quiescable {
+            return Ok(Vec::new());
+        }
+        let status = peer.raft().status();
+        let followers = peer.raft().follower_progress();
+        peer.set_quiet(true);
+        Ok(followers
+            .into_iter()
+            .filter_map(|(to, _, _)| {
+                let node = self.nodes_of_replicas.get(&to).copied()?;
+                Some((
+                    node,
+                    Message {
+                        msg_type: MessageType::Quiesce as i32,
+                        to,
+                        from: status.id,
+                        term: status.term,
+                        commit: status.committed,
+                        index: status.last_index,
+                        ..Message::default()
+                    },
+                ))
+            })
+            .collect())
+    }
+
+    /// Whether `m` brings a quiet replica back to ticking. Heartbeats of the leader it
+    /// quiesced under (one may cross the `Quiesce` on the wire) and heartbeat responses carry
+    /// nothing new; anything else does (entries, votes, another leader, a higher term).
+    fn wakes(&mut self, range_id: u64, m: &Message) -> bool {
+        let Some(peer) = self.peers.get_mut(&range_id) else {
+            return false;
+        };
+        if !peer.is_quiet() {
+            return false;
+        }
+        let status = peer.raft().status();
+        if m.msg_type == MessageType::HeartbeatResponse as i32 {
+            return m.term > status.term;
+        }
+        if m.msg_type == MessageType::Heartbeat as i32 {
+            return !(m.term == status.term
+                && m.from == status.leader_id
+                && m.commit <= status.committed);
+        }
+        true
+    }
+
+    /// Follower side of `Quiesce`: takes the leader's commit (as a heartbeat would) and goes
+    /// quiet if it then has exactly the leader's log, under the same leader and term.
+    fn quiesce_follower(&mut self, range_id: u64, m: &Message) -> Result<bool, PeerError> {
+        let Some(peer) = self.peers.get_mut(&range_id) else {
+            return Ok(false);
+        };
+        let heartbeat = Message {
+            msg_type: MessageType::Heartbeat as i32,
+            to: m.to,
+            from: m.from,
+            term: m.term,
+            commit: m.commit,
+            ..Message::default()
+        };
+        match peer.raft().step(heartbeat) {
+            Ok(()) => {}
+            Err(crate::raft::Error::InvalidMessage(_)) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        let status = peer.raft().status();
+        if status.role == Role::Follower
+            && status.term == m.term
+            && status.leader_id == m.from
+            && status.committed == m.commit
+            && status.last_index == m.index
+        {
+            peer.set_quiet(true);
+        }
+        Ok(true)
     }
 
     /// Proposes a client write to the replica of `header.range_id`: checked against the range's
@@ -273,6 +393,7 @@ impl Store {
         now_ms: u64,
     ) -> Result<Ticket, ProposeRefused> {
         let range_id = header.range_id;
+        self.wake(range_id);
         let Some(peer) = self.peers.get_mut(&range_id) else {
             return Err(KvError::RangeNotFound(range_id).into());
         };

@@ -80,6 +80,12 @@ pub struct RuntimeConfig {
     /// Log GC: a replica keeping more applied entries than this releases its log up to its
     /// applied index (checked every second); followers further behind get a snapshot.
     pub log_gc_threshold_entries: u64,
+    /// Quiesce idle ranges: a leader with nothing pending and every follower caught up
+    /// quiets its range, which is then not ticked until traffic returns (DESIGN section 7).
+    pub quiesce: bool,
+    /// Quiet ranges woken per tick after a node went down (a liveness blip must not wake
+    /// every range at once).
+    pub max_wakeups_per_tick: usize,
 }
 
 impl RuntimeConfig {
@@ -95,6 +101,8 @@ impl RuntimeConfig {
             max_commands_per_round: 4096,
             snapshot_chunk_bytes: 1024 * 1024,
             log_gc_threshold_entries: 10_000,
+            quiesce: true,
+            max_wakeups_per_tick: 1000,
         }
     }
 }
@@ -141,6 +149,8 @@ enum Command {
         deadline: Instant,
     },
     With(Box<dyn FnOnce(&mut Store) + Send>),
+    /// Node liveness: this node is down; wake the quiet ranges it led or served.
+    NodeDown(u64),
     Stop,
 }
 
@@ -250,6 +260,15 @@ impl RuntimeHandle {
             reply,
             deadline,
         })
+    }
+
+    /// Node liveness reports `node` down: the quiet ranges whose leader is there wake (and
+    /// elect a new one), as do quiet leaders with a replica there. Blocks while a mailbox is
+    /// full: call it off the async runtime's workers.
+    pub fn node_down(&self, node: u64) {
+        for mailbox in self.mailboxes.iter() {
+            let _ = mailbox.send(Command::NodeDown(node));
+        }
     }
 
     /// Runs `f` on every poller's store (status, leadership transfer): one answer per poller.
@@ -410,6 +429,8 @@ struct Poller {
     /// Reads confirmed at an index, waiting for their range to apply up to it.
     confirmed: BTreeMap<u64, Vec<(u64, u64)>>,
     next_read_id: u64,
+    /// Quiet ranges to wake, a bounded number per tick.
+    to_wake: std::collections::VecDeque<u64>,
     next_expiry: Instant,
     next_gauges: Instant,
 }
@@ -468,6 +489,7 @@ impl Poller {
             reads: HashMap::new(),
             confirmed: BTreeMap::new(),
             next_read_id: random_u64(),
+            to_wake: std::collections::VecDeque::new(),
             next_expiry: now,
             next_gauges: now,
         }
@@ -553,6 +575,7 @@ impl Poller {
             }
             let round = self.store.round()?;
             self.dispatch(round);
+            self.schedule_woken(now);
             self.shared.pending[self.index].store(
                 (self.writes.len() + self.reads.len()) as u64,
                 Ordering::Relaxed,
@@ -575,12 +598,21 @@ impl Poller {
         // ticks, so dropping them would let a deposed leader believe in its lease for longer
         // than the followers waited. More than that cannot change any outcome.
         let max_catch_up = 2 * self.config.raft.election_timeout_ticks.max(1);
+        for _ in 0..self.config.max_wakeups_per_tick {
+            let Some(range_id) = self.to_wake.pop_front() else {
+                break;
+            };
+            self.store.wake(range_id);
+        }
+        self.schedule_woken(now);
+        let mut quiesce: BTreeMap<u64, Vec<(u64, Message)>> = BTreeMap::new();
         while let Some(Reverse((due, range_id))) = self.ticks.peek().copied() {
             if due > now {
                 break;
             }
             self.ticks.pop();
-            if self.store.peer(range_id).is_none() {
+            // A quiet range leaves the schedule until it wakes.
+            if self.store.peer(range_id).is_none() || self.store.is_quiet(range_id) {
                 continue;
             }
             let tick = self.config.tick;
@@ -589,10 +621,53 @@ impl Poller {
             for _ in 0..=missed.min(max_catch_up) {
                 self.store.tick_range(range_id)?;
             }
+            if self.config.quiesce {
+                for (node, m) in self.store.try_quiesce(range_id)? {
+                    quiesce.entry(node).or_default().push((range_id, m));
+                }
+                if self.store.is_quiet(range_id) {
+                    continue;
+                }
+            }
             let next = due + tick * u32::try_from(missed + 1).unwrap_or(u32::MAX);
             self.ticks.push(Reverse((next, range_id)));
         }
+        for (node, messages) in quiesce {
+            self.network.send(node, messages);
+        }
         Ok(())
+    }
+
+    /// Puts the ranges woken since the last call back on the tick schedule.
+    fn schedule_woken(&mut self, now: Instant) {
+        for range_id in self.store.take_woken() {
+            let due = now + phase(self.config.node_id, range_id, self.config.tick);
+            self.ticks.push(Reverse((due, range_id)));
+        }
+    }
+
+    /// Queues the quiet ranges that `node` going down concerns for waking.
+    fn node_down(&mut self, node: u64) {
+        let ids: Vec<u64> = self.store.range_ids().collect();
+        for range_id in ids {
+            if !self.store.is_quiet(range_id) {
+                continue;
+            }
+            let leader = self.store.leader_node(range_id);
+            let is_leader = leader == Some(self.config.node_id);
+            let hosts_node = self.store.peer(range_id).is_some_and(|p| {
+                p.applier()
+                    .descriptor()
+                    .replicas
+                    .iter()
+                    .any(|r| r.node_id == node)
+            });
+            if leader == Some(node) || (is_leader && hosts_node) || leader.is_none() {
+                self.to_wake.push_back(range_id);
+            }
+        }
+        metrics::counter!("flotilla_store_liveness_wakeups_total")
+            .increment(self.to_wake.len() as u64);
     }
 
     /// Handles one command; `false` to stop.
@@ -602,6 +677,7 @@ impl Poller {
                 self.store.step(range_id, message)?;
             }
             Command::Snapshot(range_id, message, data) => {
+                self.store.wake(range_id);
                 if let Some(peer) = self.store.peer_mut(range_id) {
                     match peer.step_snapshot(message, *data) {
                         Ok(()) => {}
@@ -614,6 +690,7 @@ impl Poller {
                 }
             }
             Command::SnapshotDone { range_id, to, ok } => {
+                self.store.wake(range_id);
                 if let Some(peer) = self.store.peer_mut(range_id) {
                     peer.raft().report_snapshot(to, ok);
                 }
@@ -629,6 +706,7 @@ impl Poller {
                 deadline,
             } => self.start_read(request, reply, deadline),
             Command::With(f) => f(&mut self.store),
+            Command::NodeDown(node) => self.node_down(node),
             Command::Stop => return Ok(false),
         }
         Ok(true)
@@ -756,6 +834,7 @@ impl Poller {
             }
             _ => {}
         }
+        self.store.wake(range_id);
         let id = self.next_read_id;
         self.next_read_id = self.next_read_id.wrapping_add(1);
         let context = Bytes::copy_from_slice(&id.to_be_bytes());
@@ -921,6 +1000,7 @@ impl Poller {
         let ids: Vec<u64> = self.store.range_ids().collect();
         let mut leaders = 0u64;
         let mut lag = 0u64;
+        let quiet = ids.iter().filter(|r| self.store.is_quiet(**r)).count();
         for range_id in &ids {
             if let Some(peer) = self.store.peer_mut(*range_id) {
                 let status = peer.raft().status();
@@ -934,6 +1014,8 @@ impl Poller {
         }
         metrics::gauge!("flotilla_store_ranges", "poller" => poller.clone()).set(ids.len() as f64);
         metrics::gauge!("flotilla_store_leaders", "poller" => poller.clone()).set(leaders as f64);
+        metrics::gauge!("flotilla_store_quiet_ranges", "poller" => poller.clone())
+            .set(quiet as f64);
         metrics::gauge!("flotilla_store_apply_lag_entries", "poller" => poller.clone())
             .set(lag as f64);
         metrics::gauge!("flotilla_store_pending_requests", "poller" => poller)

@@ -701,3 +701,40 @@ async fn a_replica_far_behind_catches_up_by_snapshot() {
     assert_eq!(kvs.len(), 401);
     cluster.stop_all().await;
 }
+
+/// Idle ranges go quiet on every replica (no ticks, no heartbeats); a write wakes them, and
+/// they go quiet again once idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_ranges_go_quiet_and_traffic_wakes_them() {
+    let mut cluster = Cluster::start(3).await;
+    cluster.wait_leader(&[]).await;
+    cluster.wait_quiet(FIRST_USER_RANGE).await;
+    cluster.wait_quiet(1).await;
+    let client = cluster.client().await;
+    client
+        .put("q", "1")
+        .await
+        .expect("a quiet range serves a write");
+    assert_eq!(value(&client, "q").await.as_deref(), Some("1"));
+    for id in cluster.ids() {
+        cluster.wait_value(id, "q", "1").await;
+    }
+    cluster.wait_quiet(FIRST_USER_RANGE).await;
+    cluster.stop_all().await;
+}
+
+/// The leader's node dies while its ranges are quiet: node liveness wakes the followers,
+/// which elect a new leader that serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_ranges_elect_a_new_leader_when_the_leaders_node_dies() {
+    let mut cluster = Cluster::start(3).await;
+    let old = cluster.wait_leader(&[]).await;
+    let client = cluster.client().await;
+    client.put("d", "1").await.expect("put");
+    cluster.wait_quiet(FIRST_USER_RANGE).await;
+    cluster.crash(old).await;
+    let new = cluster.wait_leader(&[old]).await;
+    assert_ne!(new, old);
+    client.put("d", "2").await.expect("the new leader serves");
+    cluster.stop_all().await;
+}

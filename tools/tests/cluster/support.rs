@@ -227,6 +227,33 @@ impl Cluster {
         seen
     }
 
+    /// Whether node `id`'s replica of `range_id` is quiet.
+    pub async fn is_quiet(&self, id: u64, range_id: u64) -> bool {
+        let handle = self.node(id).handle().expect("running").clone();
+        for answer in handle.on_every_store(move |s| s.is_quiet(range_id)) {
+            if answer.await.unwrap_or(false) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Waits until every live node's replica of `range_id` is quiet.
+    pub async fn wait_quiet(&self, range_id: u64) {
+        eventually(
+            &format!("range {range_id} to go quiet everywhere"),
+            || async {
+                for id in self.live() {
+                    if !self.is_quiet(id, range_id).await {
+                        return None;
+                    }
+                }
+                Some(())
+            },
+        )
+        .await;
+    }
+
     /// The leader of `range_id` as node `id` knows it.
     pub async fn leader_seen_by(&self, id: u64, range_id: u64) -> Option<u64> {
         self.node(id)
