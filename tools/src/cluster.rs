@@ -26,6 +26,7 @@ pub struct UpOptions {
     pub cluster_id: String,
     pub base_port: u16,
     pub metrics_base_port: u16,
+    pub ranges: u32,
 }
 
 fn write(path: &Path, contents: &str) -> anyhow::Result<()> {
@@ -158,6 +159,7 @@ pub async fn up(o: UpOptions) -> anyhow::Result<()> {
             data_dir: "data".into(),
             listen: endpoints[(id - 1) as usize].clone(),
             initial_cluster: initial_cluster.clone(),
+            initial_ranges: o.ranges,
             metrics_addr: format!("127.0.0.1:{}", u64::from(o.metrics_base_port) + id - 1),
             tls: crate::config::TlsFiles {
                 ca: "../certs/ca.pem".into(),

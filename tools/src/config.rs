@@ -33,6 +33,9 @@ listen = "127.0.0.1:7001"
 # Every initial member as `id=host:port`, comma-separated (like etcd's --initial-cluster). A
 # node with an empty data directory that is named here creates ranges 1 and 2 with all of them.
 initial-cluster = ""
+# User ranges a new cluster starts with: the keyspace pre-split at evenly spaced two-byte key
+# prefixes (1-65536). Must be the same on every initial member; ignored after bootstrap.
+initial-ranges = 1
 # Where Prometheus scrapes this node's metrics (HTTP); empty: no metrics endpoint.
 metrics-addr = ""
 # Log filter (tracing's env-filter syntax; RUST_LOG overrides) and format: "text" or "json".
@@ -97,6 +100,7 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub listen: String,
     pub initial_cluster: String,
+    pub initial_ranges: u32,
     pub metrics_addr: String,
     pub log_filter: String,
     pub log_format: String,
@@ -161,6 +165,7 @@ impl Default for ServerConfig {
             data_dir: "./data".into(),
             listen: "127.0.0.1:7001".into(),
             initial_cluster: String::new(),
+            initial_ranges: 1,
             metrics_addr: String::new(),
             log_filter: "info".into(),
             log_format: "text".into(),
@@ -345,6 +350,7 @@ impl ServerConfig {
             tls,
             initial_cluster,
             shutdown_timeout: Duration::from_millis(self.store.shutdown_timeout_ms),
+            initial_ranges: self.initial_ranges,
         };
         config.validate().map_err(|e| anyhow!("{e}"))?;
         Ok(config)

@@ -121,6 +121,9 @@ enum ClusterCmd {
         base_port: u16,
         #[arg(long, default_value = "9101")]
         metrics_base_port: u16,
+        /// User ranges a new cluster starts with (a pre-split keyspace).
+        #[arg(long, default_value = "1")]
+        ranges: u32,
     },
     /// Stops a detached local cluster (its data stays).
     Down {
@@ -194,6 +197,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 cluster_id,
                 base_port,
                 metrics_base_port,
+                ranges,
             } => {
                 cluster::up(cluster::UpOptions {
                     nodes,
@@ -202,6 +206,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     cluster_id,
                     base_port,
                     metrics_base_port,
+                    ranges,
                 })
                 .await
             }

@@ -44,6 +44,8 @@ pub struct NodeConfig {
     pub initial_cluster: BTreeMap<u64, SocketAddr>,
     /// How long a graceful shutdown waits for leaderships to move and requests to finish.
     pub shutdown_timeout: Duration,
+    /// User ranges a new cluster starts with (a pre-split of the keyspace); 1 by default.
+    pub initial_ranges: u32,
 }
 
 impl NodeConfig {
@@ -77,6 +79,9 @@ impl NodeConfig {
                         trusted; turn off store.quiesce to use lease reads"
                     .into(),
             );
+        }
+        if self.initial_ranges == 0 || self.initial_ranges > 65_536 {
+            return Err("initial-ranges: between 1 and 65536".into());
         }
         if self.runtime.pollers == 0 {
             return Err("pollers: must be at least 1".into());
@@ -164,21 +169,48 @@ fn bootstrap_descriptor(
     }
 }
 
-/// Creates ranges 1 and 2 on a new member, in one synced write. Returns whether it did.
+/// The user ranges a bootstrap creates: `[0x01, +inf)` cut into `count` ranges at evenly
+/// spaced two-byte prefixes (a pre-split, for clusters that know they will hold many ranges,
+/// and for measuring many ranges per node).
+fn bootstrap_user_spans(count: u32) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let count = u64::from(count.clamp(1, 65_536));
+    let boundary = |i: u64| -> Vec<u8> {
+        if i == 0 {
+            return vec![keys::USER_KEY_PREFIX];
+        }
+        let v = u16::try_from(i * 65_536 / count).unwrap_or(u16::MAX);
+        let mut k = vec![keys::USER_KEY_PREFIX];
+        k.extend_from_slice(&v.to_be_bytes());
+        k
+    };
+    (0..count)
+        .map(|i| {
+            let end = if i + 1 == count {
+                Vec::new()
+            } else {
+                boundary(i + 1)
+            };
+            (boundary(i), end)
+        })
+        .collect()
+}
+
+/// Creates range 1 and the user ranges (`user_ranges` of them, ids from 2) on a new member,
+/// in one synced write. Returns whether it did.
 ///
 /// # Errors
 /// [`EngineError`] from the write.
-pub fn bootstrap(engine: &Engine, members: &[u64]) -> Result<bool, EngineError> {
+pub fn bootstrap(engine: &Engine, members: &[u64], user_ranges: u32) -> Result<bool, EngineError> {
     if !engine.range_ids()?.is_empty() {
         return Ok(false);
     }
     let mut batch = LogBatch::new();
-    let ranges = [
-        (META_RANGE, &b""[..], &[keys::USER_KEY_PREFIX][..]),
-        (FIRST_USER_RANGE, &[keys::USER_KEY_PREFIX][..], &b""[..]),
-    ];
+    let mut ranges = vec![(META_RANGE, Vec::new(), vec![keys::USER_KEY_PREFIX])];
+    for (i, (start, end)) in bootstrap_user_spans(user_ranges).into_iter().enumerate() {
+        ranges.push((FIRST_USER_RANGE + i as u64, start, end));
+    }
     for (range_id, start, end) in ranges {
-        let descriptor = bootstrap_descriptor(range_id, start, end, members);
+        let descriptor = bootstrap_descriptor(range_id, &start, &end, members);
         let initial = SnapshotMetadata {
             index: 0,
             term: 0,
@@ -204,8 +236,13 @@ impl Node {
         let node_id = config.transport.node_id;
         let engine = Engine::open(&config.engine)?;
         let members: Vec<u64> = config.initial_cluster.keys().copied().collect();
-        if bootstrap(&engine, &members)? {
-            tracing::info!(node = node_id, ?members, "bootstrapped ranges 1 and 2");
+        if bootstrap(&engine, &members, config.initial_ranges)? {
+            tracing::info!(
+                node = node_id,
+                ?members,
+                user_ranges = config.initial_ranges,
+                "bootstrapped the meta range and the user ranges"
+            );
         }
         // The transport needs the sink, the sink needs the runtime, the runtime needs the
         // network over the transport: the sink's half is filled in once the runtime runs.
@@ -474,6 +511,25 @@ impl flotilla_transport::Sink for LateSink {
                     "the node is starting",
                 ))
             }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bootstrap_spans_cover_the_user_keyspace_without_gaps() {
+        for count in [1u32, 2, 3, 7, 1000, 65_536] {
+            let spans = bootstrap_user_spans(count);
+            assert_eq!(spans.len(), count as usize);
+            assert_eq!(spans[0].0, vec![keys::USER_KEY_PREFIX]);
+            assert!(spans[spans.len() - 1].1.is_empty());
+            for pair in spans.windows(2) {
+                assert_eq!(pair[0].1, pair[1].0, "gap or overlap at {count}");
+                assert!(pair[0].0 < pair[0].1, "empty range at {count}");
+            }
         }
     }
 }

@@ -71,7 +71,7 @@ fn get(key: &str) -> ReadRequest {
 
 fn start(dir: &std::path::Path, configure: impl FnOnce(&mut RuntimeConfig)) -> Runtime {
     let engine = Engine::open(&EngineConfig::new(dir, "runtime-test", 1)).expect("engine");
-    bootstrap(&engine, &[1]).expect("bootstrap");
+    bootstrap(&engine, &[1], 1).expect("bootstrap");
     let mut config = RuntimeConfig::new(1);
     config.tick = Duration::from_millis(5);
     config.pollers = 1;

@@ -738,3 +738,66 @@ async fn quiet_ranges_elect_a_new_leader_when_the_leaders_node_dies() {
     client.put("d", "2").await.expect("the new leader serves");
     cluster.stop_all().await;
 }
+
+/// Three nodes with 1,000 user ranges (a pre-split keyspace): every range elects a leader and
+/// serves; the ranges go quiet; the node leading the most of them dies and every one of its
+/// ranges gets a new leader (the time it took is printed: `--nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_ranges_elect_serve_go_quiet_and_fail_over() {
+    let mut cluster = Cluster::start_with(3, |c| c.initial_ranges = 1000).await;
+    let leaders = eventually("a leader for each of the 1,001 ranges", || {
+        cluster.all_leaders(&[])
+    })
+    .await;
+    assert_eq!(leaders.len(), 1001);
+    let client = cluster.client().await;
+    // Keys whose first two bytes spread them over the ranges.
+    let keys: Vec<Vec<u8>> = (0..200u32)
+        .map(|i| {
+            let mut k = ((i * 65_536 / 200) as u16).to_be_bytes().to_vec();
+            k.extend_from_slice(b"-key");
+            k
+        })
+        .collect();
+    for k in &keys {
+        client.put(k, k.clone()).await.expect("put");
+    }
+    for k in &keys {
+        let kv = client.get(k).await.expect("get").expect("found");
+        assert_eq!(kv.value.as_ref(), k.as_slice());
+    }
+    // Idle: every range goes quiet on every node.
+    eventually("every range to go quiet", || async {
+        for id in cluster.live() {
+            let handle = cluster.node(id).handle().expect("running").clone();
+            for answer in handle.on_every_store(|s| {
+                let ids: Vec<u64> = s.range_ids().collect();
+                ids.iter().all(|r| s.is_quiet(*r))
+            }) {
+                if !answer.await.unwrap_or(false) {
+                    return None;
+                }
+            }
+        }
+        Some(())
+    })
+    .await;
+    let mut led: std::collections::BTreeMap<u64, usize> = std::collections::BTreeMap::new();
+    for node in leaders.values() {
+        *led.entry(*node).or_default() += 1;
+    }
+    let (&victim, &count) = led.iter().max_by_key(|(_, c)| **c).expect("some leader");
+    let started = std::time::Instant::now();
+    cluster.crash(victim).await;
+    let gone = [victim];
+    let after = eventually("new leaders for every range", || cluster.all_leaders(&gone)).await;
+    println!(
+        "failover: node {victim} led {count} of 1,001 quiet ranges; all had new leaders after {:?}",
+        started.elapsed()
+    );
+    assert!(after.values().all(|l| *l != victim));
+    for k in keys.iter().take(20) {
+        client.put(k, "after").await.expect("the new leaders serve");
+    }
+    cluster.stop_all().await;
+}

@@ -88,6 +88,7 @@ impl Cluster {
                     tls: ca.issue_node(id, &[]).expect("node cert"),
                     initial_cluster: members.clone(),
                     shutdown_timeout: Duration::from_secs(5),
+                    initial_ranges: 1,
                 };
                 configure(&mut config);
                 config
@@ -225,6 +226,32 @@ impl Cluster {
             seen = Some(leader);
         }
         seen
+    }
+
+    /// The leader of every range as the live nodes other than `excluding` agree on it, once
+    /// they all agree; `None` while any range has no agreed leader.
+    pub async fn all_leaders(
+        &self,
+        excluding: &[u64],
+    ) -> Option<std::collections::BTreeMap<u64, u64>> {
+        let mut agreed: Option<std::collections::BTreeMap<u64, u64>> = None;
+        for id in self.live().into_iter().filter(|i| !excluding.contains(i)) {
+            let view: std::collections::BTreeMap<u64, u64> = self
+                .node(id)
+                .ranges()
+                .await
+                .into_iter()
+                .filter_map(|r| Some((r.descriptor?.id, r.leader_node)))
+                .collect();
+            if view.values().any(|l| *l == 0 || excluding.contains(l)) {
+                return None;
+            }
+            match &agreed {
+                Some(a) if *a != view => return None,
+                _ => agreed = Some(view),
+            }
+        }
+        agreed
     }
 
     /// Whether node `id`'s replica of `range_id` is quiet.
