@@ -34,6 +34,9 @@ pub struct StoreRound {
     pub completed: Vec<(Ticket, Outcome)>,
     /// Ranges that took part in the round's one synced write.
     pub ranges_persisted: usize,
+    /// Some range has more work already (a Ready left after this round): run another round
+    /// without waiting.
+    pub more: bool,
 }
 
 /// Why a write was not proposed. Nothing was appended; the client may act on each.
@@ -517,6 +520,7 @@ impl Store {
                     .record(started.elapsed().as_secs_f64());
             }
             let applied_index = peer.applier().applied_index();
+            out.more |= peer.raft().has_ready();
             self.complete(&mut out, range_id, &finished, applied_index);
             self.route(&mut out, range_id, finished.messages);
             out.applied

@@ -431,6 +431,8 @@ struct Poller {
     next_read_id: u64,
     /// Quiet ranges to wake, a bounded number per tick.
     to_wake: std::collections::VecDeque<u64>,
+    /// A round is due at once (a Ready left over, a compaction staged).
+    more: bool,
     next_expiry: Instant,
     next_gauges: Instant,
 }
@@ -490,6 +492,7 @@ impl Poller {
             confirmed: BTreeMap::new(),
             next_read_id: random_u64(),
             to_wake: std::collections::VecDeque::new(),
+            more: false,
             next_expiry: now,
             next_gauges: now,
         }
@@ -537,7 +540,11 @@ impl Poller {
     fn run_rounds(&mut self) -> Result<(), PeerError> {
         let mut commands = Vec::new();
         loop {
-            let wait = self.next_wake().saturating_duration_since(Instant::now());
+            let wait = if self.more {
+                Duration::ZERO
+            } else {
+                self.next_wake().saturating_duration_since(Instant::now())
+            };
             match self.rx.recv_timeout(wait) {
                 Ok(command) => commands.push(command),
                 Err(RecvTimeoutError::Timeout) => {}
@@ -558,7 +565,11 @@ impl Poller {
             }
             // Time first: reads and leases are judged against a clock that has caught up.
             let now = Instant::now();
-            self.tick_due(now)?;
+            // Work for a round: a command, a tick, a wake, a compaction. An idle wake-up (a
+            // timer with nothing due) does not scan every range for a Ready: that scan is
+            // what idle ranges would otherwise cost.
+            let mut work = !commands.is_empty();
+            work |= self.tick_due(now)?;
             let mut stop = false;
             for command in commands.drain(..) {
                 if stop {
@@ -573,9 +584,12 @@ impl Poller {
             if stop {
                 return Ok(());
             }
-            let round = self.store.round()?;
-            self.dispatch(round);
-            self.schedule_woken(now);
+            if work || self.more {
+                let round = self.store.round()?;
+                self.more = round.more;
+                self.dispatch(round);
+                self.schedule_woken(now);
+            }
             self.shared.pending[self.index].store(
                 (self.writes.len() + self.reads.len()) as u64,
                 Ordering::Relaxed,
@@ -592,17 +606,20 @@ impl Poller {
         }
     }
 
-    fn tick_due(&mut self, now: Instant) -> Result<(), PeerError> {
+    /// Ticks the ranges that are due; returns whether it ticked or woke any.
+    fn tick_due(&mut self, now: Instant) -> Result<bool, PeerError> {
         // A poller that stalled (a long fsync, a big snapshot) replays the ticks it missed, up
         // to twice the election timeout: a leader's lease and check-quorum are counted in
         // ticks, so dropping them would let a deposed leader believe in its lease for longer
         // than the followers waited. More than that cannot change any outcome.
         let max_catch_up = 2 * self.config.raft.election_timeout_ticks.max(1);
+        let mut worked = false;
         for _ in 0..self.config.max_wakeups_per_tick {
             let Some(range_id) = self.to_wake.pop_front() else {
                 break;
             };
             self.store.wake(range_id);
+            worked = true;
         }
         self.schedule_woken(now);
         let mut quiesce: BTreeMap<u64, Vec<(u64, Message)>> = BTreeMap::new();
@@ -621,6 +638,7 @@ impl Poller {
             for _ in 0..=missed.min(max_catch_up) {
                 self.store.tick_range(range_id)?;
             }
+            worked = true;
             if self.config.quiesce {
                 for (node, m) in self.store.try_quiesce(range_id)? {
                     quiesce.entry(node).or_default().push((range_id, m));
@@ -635,7 +653,7 @@ impl Poller {
         for (node, messages) in quiesce {
             self.network.send(node, messages);
         }
-        Ok(())
+        Ok(worked)
     }
 
     /// Puts the ranges woken since the last call back on the tick schedule.
@@ -1029,6 +1047,7 @@ impl Poller {
             if let Some(peer) = self.store.peer_mut(range_id) {
                 if peer.maybe_compact(self.config.log_gc_threshold_entries)? {
                     metrics::counter!("flotilla_raft_log_compactions_total").increment(1);
+                    self.more = true;
                 }
             }
         }
