@@ -274,8 +274,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if let Some(addr) = client_config()?.endpoints.first() {
                 let info = client.cluster_info(*addr).await?;
-                for r in info.ranges {
-                    if let Some(d) = r.descriptor {
+                let mut by_leader: std::collections::BTreeMap<u64, usize> = Default::default();
+                for r in &info.ranges {
+                    *by_leader.entry(r.leader_node).or_default() += 1;
+                }
+                println!(
+                    "{} ranges; leaders by node (0: none known): {by_leader:?}",
+                    info.ranges.len()
+                );
+                for r in info.ranges.iter().take(10) {
+                    if let Some(d) = &r.descriptor {
                         println!(
                             "range {} [{:?}, {:?}) leader node {} replicas {:?}",
                             d.id,
@@ -285,6 +293,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                             d.replicas.iter().map(|r| r.node_id).collect::<Vec<_>>()
                         );
                     }
+                }
+                if info.ranges.len() > 10 {
+                    println!("... and {} more", info.ranges.len() - 10);
                 }
             }
             Ok(())
