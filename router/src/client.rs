@@ -473,6 +473,20 @@ impl Client {
         .await
     }
 
+    async fn write_op(
+        &self,
+        routing_key: &[u8],
+        request: write_request::Request,
+    ) -> Result<WriteResponse, ClientError> {
+        self.write(
+            routing_key,
+            WriteRequest {
+                request: Some(request),
+            },
+        )
+        .await
+    }
+
     async fn read(
         &self,
         key: &[u8],
@@ -601,14 +615,7 @@ impl Client {
             value: value.into(),
             prev_kv: false,
         });
-        let response = self
-            .write(
-                key,
-                WriteRequest {
-                    request: Some(request),
-                },
-            )
-            .await?;
+        let response = self.write_op(key, request).await?;
         Ok(response.revision)
     }
 
@@ -622,14 +629,7 @@ impl Client {
             key: Bytes::copy_from_slice(key),
             prev_kv: false,
         });
-        let response = self
-            .write(
-                key,
-                WriteRequest {
-                    request: Some(request),
-                },
-            )
-            .await?;
+        let response = self.write_op(key, request).await?;
         match response.response {
             Some(write_response::Response::Delete(d)) => Ok(d.deleted),
             _ => Ok(0),
@@ -650,14 +650,7 @@ impl Client {
             start: Bytes::copy_from_slice(start),
             end: Bytes::copy_from_slice(end.as_ref()),
         });
-        let response = self
-            .write(
-                start,
-                WriteRequest {
-                    request: Some(request),
-                },
-            )
-            .await?;
+        let response = self.write_op(start, request).await?;
         match response.response {
             Some(write_response::Response::DeleteRange(d)) => Ok(d.deleted),
             _ => Ok(0),

@@ -730,8 +730,16 @@ impl Poller {
         Ok(true)
     }
 
-    fn busy(&self) -> bool {
-        self.writes.len() + self.reads.len() >= self.config.max_pending_requests
+    /// What every request is refused before it reaches its range: a poller with too many
+    /// requests in flight, or no operation the node knows.
+    fn precheck(&self, has_operation: bool, kind: &str) -> Result<(), KvError> {
+        if self.writes.len() + self.reads.len() >= self.config.max_pending_requests {
+            return Err(KvError::ServerBusy("too many requests in flight".into()));
+        }
+        if !has_operation {
+            return Err(KvError::Malformed(format!("unknown {kind} operation")));
+        }
+        Ok(())
     }
 
     fn not_leader(&mut self, range_id: u64) -> KvError {
@@ -751,26 +759,20 @@ impl Poller {
         reply: oneshot::Sender<WriteResult>,
         deadline: Instant,
     ) {
-        if self.busy() {
-            let _ = reply.send(Err(KvError::ServerBusy(
-                "too many requests in flight".into(),
-            )
-            .into()));
+        let has_operation = command
+            .request
+            .as_ref()
+            .is_some_and(|r| r.request.is_some());
+        if let Err(e) = self.precheck(has_operation, "write") {
+            let _ = reply.send(Err(e.into()));
             return;
         }
         let (Some(header), Some(request)) = (command.header, command.request) else {
-            let _ = reply.send(Err(KvError::Malformed(
-                "a write needs a header and a known operation".into(),
-            )
-            .into()));
-            return;
-        };
-        if request.request.is_none() {
             let _ = reply.send(Err(
-                KvError::Malformed("unknown write operation".into()).into()
+                KvError::Malformed("a write needs a header".into()).into()
             ));
             return;
-        }
+        };
         let range_id = header.range_id;
         match self.store.propose_write(header, request, now_ms()) {
             Ok(ticket) => {
@@ -811,17 +813,8 @@ impl Poller {
         reply: oneshot::Sender<ReadResult>,
         deadline: Instant,
     ) {
-        if self.busy() {
-            let _ = reply.send(Err(KvError::ServerBusy(
-                "too many requests in flight".into(),
-            )
-            .into()));
-            return;
-        }
-        if request.request.is_none() {
-            let _ = reply.send(Err(
-                KvError::Malformed("unknown read operation".into()).into()
-            ));
+        if let Err(e) = self.precheck(request.request.is_some(), "read") {
+            let _ = reply.send(Err(e.into()));
             return;
         }
         let range_id = request.range_id;

@@ -143,21 +143,19 @@ async fn writes_apply_and_reads_see_them() {
     runtime.stop();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn too_many_pending_requests_get_server_busy() {
+/// Starts a one-node runtime configured by `configure`, holds its poller, queues ten writes,
+/// releases it, and counts the answers: (applied, refused with `ServerBusy`).
+async fn ten_writes_while_held(configure: impl FnOnce(&mut RuntimeConfig)) -> (usize, usize) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let runtime = start(dir.path(), |c| c.max_pending_requests = 2);
+    let runtime = start(dir.path(), configure);
     let handle = runtime.handle().clone();
     wait_leader(&handle).await;
-    // With the poller held, ten writes queue up; it then takes them in one round: two are
-    // proposed, eight are refused before reaching the log.
     let release = hold_poller(&handle);
     let answers: Vec<_> = (0..10)
         .map(|i| handle.write(put(&format!("k{i}"), "v"), soon()))
         .collect();
     drop(release);
-    let mut applied = 0;
-    let mut busy = 0;
+    let (mut applied, mut busy) = (0, 0);
     for a in answers {
         match a.await.expect("answered") {
             Ok(_) => applied += 1,
@@ -165,29 +163,23 @@ async fn too_many_pending_requests_get_server_busy() {
             Err(e) => panic!("{e}"),
         }
     }
-    assert_eq!((applied, busy), (2, 8));
     runtime.stop();
+    (applied, busy)
 }
 
+/// The poller takes the ten queued writes in one round: two are proposed, eight are refused
+/// before reaching the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_pending_requests_get_server_busy() {
+    let counts = ten_writes_while_held(|c| c.max_pending_requests = 2).await;
+    assert_eq!(counts, (2, 8));
+}
+
+/// A mailbox of four takes four commands; the other six writes are refused at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_mailbox_refuses_at_once() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let runtime = start(dir.path(), |c| c.mailbox_capacity = 4);
-    let handle = runtime.handle().clone();
-    wait_leader(&handle).await;
-    let release = hold_poller(&handle);
-    let answers: Vec<_> = (0..10)
-        .map(|i| handle.write(put(&format!("k{i}"), "v"), soon()))
-        .collect();
-    drop(release);
-    let mut busy = 0;
-    for a in answers {
-        if let Err(RequestError::Refused(KvError::ServerBusy(_))) = a.await.expect("answered") {
-            busy += 1;
-        }
-    }
-    assert_eq!(busy, 6, "a mailbox of 4 holds 4 commands");
-    runtime.stop();
+    let counts = ten_writes_while_held(|c| c.mailbox_capacity = 4).await;
+    assert_eq!(counts, (4, 6));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
