@@ -101,11 +101,15 @@ impl Sink for NodeSink {
             up,
             "peer liveness changed"
         );
-        if !up {
-            let handle = self.handle.clone();
-            // Reaching every poller may wait on a full mailbox: not on an async worker.
-            tokio::task::spawn_blocking(move || handle.node_down(node));
-        }
+        let handle = self.handle.clone();
+        // Reaching every poller may wait on a full mailbox: not on an async worker.
+        tokio::task::spawn_blocking(move || {
+            if up {
+                handle.node_up(node);
+            } else {
+                handle.node_down(node);
+            }
+        });
     }
 
     fn snapshot(&self, from_node: u64, range_id: u64, header: Bytes, chunks: SnapshotChunks) {

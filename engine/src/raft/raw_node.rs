@@ -312,6 +312,21 @@ impl<S: LogStore> RawNode<S> {
         self.local_request(|raft| raft.transfer_leader(to), TransferError::Halted)
     }
 
+    /// A follower forgets its leader (etcd's `ForgetLeader`): the caller learned from outside
+    /// Raft (node liveness) that the leader's node is down. It stays a follower in the same
+    /// term, and it no longer refuses (pre-)votes for having heard from that leader recently,
+    /// so a quiet group elects at once instead of after a full election timeout. Refused
+    /// (returns false) with lease reads, whose safety rests on exactly that refusal.
+    pub fn forget_leader(&mut self) -> bool {
+        let r = &mut self.raft;
+        if r.role != Role::Follower || r.config.lease_reads {
+            return false;
+        }
+        r.leader_id = NONE;
+        r.leader_contact_elapsed = r.config.election_timeout_ticks;
+        true
+    }
+
     /// Starts an election now (pre-vote first when enabled), as a node-liveness wake-up does.
     /// Does nothing on a leader, and nothing while this replica still honours a leader's lease
     /// (with check-quorum, for an election timeout after it last heard from the leader): a vote

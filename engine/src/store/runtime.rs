@@ -40,6 +40,7 @@ use super::replicas::{Outcome, ProposeRefused, Store, StoreRound};
 use crate::kv::{self, check_range, KvConfig, KvError};
 use crate::raft::{Config, ReadError as RaftReadError, Role};
 use crate::storage::{Engine, ReceivedSnapshot, SnapshotParts};
+use flotilla_transport::meta::ReplicaRole;
 
 /// Where the runtime's outgoing traffic goes: the QUIC transport on a node, an in-memory
 /// network in tests.
@@ -151,6 +152,8 @@ enum Command {
     With(Box<dyn FnOnce(&mut Store) + Send>),
     /// Node liveness: this node is down; wake the quiet ranges it led or served.
     NodeDown(u64),
+    /// Node liveness: this node is reachable again.
+    NodeUp(u64),
     Stop,
 }
 
@@ -268,6 +271,13 @@ impl RuntimeHandle {
     pub fn node_down(&self, node: u64) {
         for mailbox in self.mailboxes.iter() {
             let _ = mailbox.send(Command::NodeDown(node));
+        }
+    }
+
+    /// Node liveness reports `node` reachable again.
+    pub fn node_up(&self, node: u64) {
+        for mailbox in self.mailboxes.iter() {
+            let _ = mailbox.send(Command::NodeUp(node));
         }
     }
 
@@ -429,8 +439,10 @@ struct Poller {
     /// Reads confirmed at an index, waiting for their range to apply up to it.
     confirmed: BTreeMap<u64, Vec<(u64, u64)>>,
     next_read_id: u64,
-    /// Quiet ranges to wake, a bounded number per tick.
-    to_wake: std::collections::VecDeque<u64>,
+    /// Quiet ranges to wake, a bounded number per tick, with the down node that woke them.
+    to_wake: std::collections::VecDeque<(u64, u64)>,
+    /// Nodes the transport reports down.
+    down: std::collections::HashSet<u64>,
     /// A round is due at once (a Ready left over, a compaction staged).
     more: bool,
     next_expiry: Instant,
@@ -492,6 +504,7 @@ impl Poller {
             confirmed: BTreeMap::new(),
             next_read_id: random_u64(),
             to_wake: std::collections::VecDeque::new(),
+            down: std::collections::HashSet::new(),
             more: false,
             next_expiry: now,
             next_gauges: now,
@@ -615,10 +628,11 @@ impl Poller {
         let max_catch_up = 2 * self.config.raft.election_timeout_ticks.max(1);
         let mut worked = false;
         for _ in 0..self.config.max_wakeups_per_tick {
-            let Some(range_id) = self.to_wake.pop_front() else {
+            let Some((range_id, dead)) = self.to_wake.pop_front() else {
                 break;
             };
             self.store.wake(range_id);
+            self.elect_after_leader_loss(range_id, dead)?;
             worked = true;
         }
         self.schedule_woken(now);
@@ -664,8 +678,39 @@ impl Poller {
         }
     }
 
+    /// A woken follower whose leader's node is down forgets that leader (so it grants votes
+    /// at once), and the voter on the lowest live node campaigns right away: one candidate
+    /// per range, no split votes, no waiting out an election timeout.
+    fn elect_after_leader_loss(&mut self, range_id: u64, dead: u64) -> Result<(), PeerError> {
+        if self.store.leader_node(range_id) != Some(dead) {
+            return Ok(());
+        }
+        let me = self.config.node_id;
+        let down = &self.down;
+        let Some(peer) = self.store.peer_mut(range_id) else {
+            return Ok(());
+        };
+        if !peer.raft().forget_leader() {
+            return Ok(());
+        }
+        let first_live_voter = peer
+            .applier()
+            .descriptor()
+            .replicas
+            .iter()
+            .filter(|r| r.role == ReplicaRole::Voter as i32 && r.node_id != dead)
+            .filter(|r| !down.contains(&r.node_id))
+            .map(|r| r.node_id)
+            .min();
+        if first_live_voter == Some(me) {
+            peer.raft().campaign()?;
+        }
+        Ok(())
+    }
+
     /// Queues the quiet ranges that `node` going down concerns for waking.
     fn node_down(&mut self, node: u64) {
+        self.down.insert(node);
         let ids: Vec<u64> = self.store.range_ids().collect();
         for range_id in ids {
             if !self.store.is_quiet(range_id) {
@@ -681,7 +726,7 @@ impl Poller {
                     .any(|r| r.node_id == node)
             });
             if leader == Some(node) || (is_leader && hosts_node) || leader.is_none() {
-                self.to_wake.push_back(range_id);
+                self.to_wake.push_back((range_id, node));
             }
         }
         metrics::counter!("flotilla_store_liveness_wakeups_total")
@@ -725,6 +770,9 @@ impl Poller {
             } => self.start_read(request, reply, deadline),
             Command::With(f) => f(&mut self.store),
             Command::NodeDown(node) => self.node_down(node),
+            Command::NodeUp(node) => {
+                self.down.remove(&node);
+            }
             Command::Stop => return Ok(false),
         }
         Ok(true)
