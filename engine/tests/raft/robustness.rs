@@ -257,3 +257,53 @@ fn exhausted_terms_are_refused() {
     assert_eq!(n.status().term, 0);
     assert!(n.campaign().expect("campaign"));
 }
+
+/// `forget_leader` (node liveness says the leader's node is down): a follower that heard from
+/// the leader a moment ago refuses to campaign and refuses pre-votes; once both followers
+/// forget the leader, one campaign elects at once, with no election timeout waited out.
+/// Refused with lease reads, whose safety rests on that refusal.
+#[test]
+fn forgetting_a_dead_leader_lets_the_group_elect_at_once() {
+    let mut c = Cluster::new(3, &|cfg| {
+        cfg.pre_vote = true;
+        cfg.check_quorum = true;
+    });
+    c.tick_all(40);
+    let leader = c.leader().expect("a leader");
+    let (a, b) = match leader {
+        1 => (2, 3),
+        2 => (1, 3),
+        _ => (1, 2),
+    };
+    c.isolate(leader);
+    // Fresh contact with the leader: no campaign.
+    assert!(
+        !c.node(a).campaign().expect("campaign"),
+        "in the leader's lease"
+    );
+    assert!(c.node(a).forget_leader());
+    assert!(c.node(a).campaign().expect("campaign"), "forgot the leader");
+    c.settle();
+    // The other follower still honours the old leader: the pre-vote fails.
+    assert_ne!(c.node(a).status().role, Role::Leader);
+    assert!(c.node(b).forget_leader());
+    c.campaign(a);
+    assert_eq!(c.node(a).status().role, Role::Leader);
+    assert_eq!(c.node(b).status().leader_id, a);
+
+    let mut leased = Cluster::new(3, &|cfg| {
+        cfg.check_quorum = true;
+        cfg.lease_reads = true;
+    });
+    leased.tick_all(40);
+    let leader = leased.leader().expect("a leader");
+    let follower = if leader == 1 { 2 } else { 1 };
+    assert!(
+        !leased.node(follower).forget_leader(),
+        "lease reads forbid it"
+    );
+    assert!(
+        !leased.node(leader).forget_leader(),
+        "a leader has nothing to forget"
+    );
+}
