@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use super::service::Service;
 use crate::storage::{SnapshotParts, SnapshotReceiver};
-use crate::store::{Network, RuntimeHandle};
+use crate::store::{Network, RuntimeHandle, SnapshotBuild};
 
 /// The pollers' [`Network`] over the node's QUIC transport.
 pub(crate) struct TransportNetwork {
@@ -41,40 +41,56 @@ impl Network for TransportNetwork {
         &self,
         to_node: u64,
         range_id: u64,
-        message: Message,
-        parts: SnapshotParts,
+        build: SnapshotBuild,
         done: Box<dyn FnOnce(bool) + Send>,
     ) {
         let transport = self.transport.clone();
         self.runtime.spawn(async move {
-            let header = SnapshotTransfer {
-                message: Some(message),
-                header: parts.header,
-            }
-            .encode_to_vec();
-            let (tx, rx) = mpsc::channel(8);
-            let feed = async move {
-                for chunk in parts.chunks {
-                    if tx.send(Bytes::from(chunk.encode_to_vec())).await.is_err() {
-                        break;
-                    }
+            let built = tokio::task::spawn_blocking(build).await.ok().flatten();
+            let ok = match built {
+                Some((message, parts)) => {
+                    stream_snapshot(&transport, to_node, range_id, message, parts).await
                 }
-            };
-            let send = transport.send_snapshot(to_node, range_id, header.into(), rx);
-            let ((), result) = tokio::join!(feed, send);
-            let ok = match result {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::warn!(node = transport.node_id(), peer = to_node, range = range_id,
-                        error = %e, "snapshot stream failed");
-                    false
-                }
+                None => false,
             };
             // `done` reports to a poller's bounded mailbox and may block while it is full:
             // never on a runtime worker. The report must not be lost (the leader holds the
             // follower in snapshot state until it comes).
             let _ = tokio::task::spawn_blocking(move || done(ok)).await;
         });
+    }
+}
+
+/// Streams a built snapshot: the `SnapshotTransfer` header, then every chunk.
+async fn stream_snapshot(
+    transport: &Transport,
+    to_node: u64,
+    range_id: u64,
+    message: Message,
+    parts: SnapshotParts,
+) -> bool {
+    let header = SnapshotTransfer {
+        message: Some(message),
+        header: parts.header,
+    }
+    .encode_to_vec();
+    let (tx, rx) = mpsc::channel(8);
+    let feed = async move {
+        for chunk in parts.chunks {
+            if tx.send(Bytes::from(chunk.encode_to_vec())).await.is_err() {
+                break;
+            }
+        }
+    };
+    let send = transport.send_snapshot(to_node, range_id, header.into(), rx);
+    let ((), result) = tokio::join!(feed, send);
+    match result {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(node = transport.node_id(), peer = to_node, range = range_id,
+                error = %e, "snapshot stream failed");
+            false
+        }
     }
 }
 

@@ -7,9 +7,9 @@ mod peer;
 mod replicas;
 mod runtime;
 
-pub use self::peer::{Peer, PeerError, RoundOutput};
+pub use self::peer::{prepare_snapshot, Peer, PeerError, RoundOutput};
 pub use self::replicas::{Outcome, ProposeRefused, Store, StoreRound, Ticket};
 pub use self::runtime::{
     Network, ReadResult, RequestError, Runtime, RuntimeConfig, RuntimeError, RuntimeHandle,
-    WriteResult,
+    SnapshotBuild, WriteResult,
 };

@@ -56,6 +56,24 @@ pub struct RoundOutput {
     pub committed: Vec<(u64, u64)>,
 }
 
+/// Leader side, on any thread: builds the snapshot of `range_id` as applied now (one
+/// consistent RocksDB snapshot) and rewrites the core's Snapshot `message` to carry its
+/// metadata. Reading a whole range takes a while: the runtime runs it off the poller.
+///
+/// # Errors
+/// [`PeerError::Storage`] when the snapshot cannot be read.
+pub fn prepare_snapshot(
+    engine: &Engine,
+    range_id: u64,
+    message: &mut Message,
+    chunk_bytes: usize,
+) -> Result<SnapshotParts, PeerError> {
+    let mut parts = SnapshotParts::default();
+    let meta = build_snapshot(engine, range_id, chunk_bytes, &mut parts)?;
+    message.snapshot = Some(meta);
+    Ok(parts)
+}
+
 /// One range replica on this node.
 pub struct Peer {
     range_id: u64,
@@ -137,10 +155,7 @@ impl Peer {
         message: &mut Message,
         chunk_bytes: usize,
     ) -> Result<SnapshotParts, PeerError> {
-        let mut parts = SnapshotParts::default();
-        let meta = build_snapshot(&self.engine(), self.range_id, chunk_bytes, &mut parts)?;
-        message.snapshot = Some(meta);
-        Ok(parts)
+        prepare_snapshot(&self.engine(), self.range_id, message, chunk_bytes)
     }
 
     /// Follower side: steps a Snapshot message whose data arrived whole and verified. The data

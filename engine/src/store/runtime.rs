@@ -35,7 +35,7 @@ use flotilla_transport::raft::{Message, MessageType};
 use flotilla_transport::service::{read_request, read_response, ReadConsistency, ReadRequest};
 use tokio::sync::oneshot;
 
-use super::peer::PeerError;
+use super::peer::{prepare_snapshot, PeerError};
 use super::replicas::{Outcome, ProposeRefused, Store, StoreRound};
 use crate::kv::{self, check_range, KvConfig, KvError};
 use crate::raft::{Config, ReadError as RaftReadError, Role};
@@ -47,17 +47,21 @@ use flotilla_transport::meta::ReplicaRole;
 pub trait Network: Send + Sync + 'static {
     /// Queues Raft messages (each with its range) for `to_node`. Must not block; may drop.
     fn send(&self, to_node: u64, messages: Vec<(u64, Message)>);
-    /// Streams a snapshot of `range_id` to `to_node`: the leader's Snapshot message and the
-    /// built snapshot. `done(success)` must be called once, from any thread, when it ends.
+    /// Builds (`build`, off the poller: it reads the whole range) and streams a snapshot of
+    /// `range_id` to `to_node`: the leader's Snapshot message and the snapshot. `done(success)`
+    /// must be called once, from any thread, when it ends (`false` if `build` gave nothing).
     fn send_snapshot(
         &self,
         to_node: u64,
         range_id: u64,
-        message: Message,
-        parts: SnapshotParts,
+        build: SnapshotBuild,
         done: Box<dyn FnOnce(bool) + Send>,
     );
 }
+
+/// Builds a snapshot to send: the leader's Snapshot message (rewritten with the built
+/// snapshot's metadata) and the snapshot; `None` if it could not be read.
+pub type SnapshotBuild = Box<dyn FnOnce() -> Option<(Message, SnapshotParts)> + Send>;
 
 /// Settings of the runtime.
 #[derive(Clone, Debug)]
@@ -1007,25 +1011,26 @@ impl Poller {
 
     fn start_snapshot(&mut self, node: u64, range_id: u64, mut message: Message) {
         let to = message.to;
-        let Some(peer) = self.store.peer_mut(range_id) else {
-            return;
-        };
-        match peer.prepare_snapshot(&mut message, self.config.snapshot_chunk_bytes) {
-            Ok(parts) => {
-                metrics::counter!("flotilla_store_snapshots_sent_total").increment(1);
-                let tx = self.tx.clone();
-                let done = Box::new(move |ok: bool| {
-                    let _ = tx.send(Command::SnapshotDone { range_id, to, ok });
-                });
-                self.network
-                    .send_snapshot(node, range_id, message, parts, done);
-            }
-            Err(e) => {
-                tracing::warn!(node = self.config.node_id, range = range_id, error = %e,
-                    "cannot build a snapshot");
-                peer.raft().report_snapshot(to, false);
-            }
-        }
+        let engine = self.store.engine().clone();
+        let chunk_bytes = self.config.snapshot_chunk_bytes;
+        let node_id = self.config.node_id;
+        // Built where the network runs it, not here: reading a whole range would stall every
+        // range of this poller.
+        let build: SnapshotBuild = Box::new(move || {
+            let parts = prepare_snapshot(&engine, range_id, &mut message, chunk_bytes)
+                .inspect_err(|e| {
+                    tracing::warn!(node = node_id, range = range_id, error = %e,
+                        "cannot build a snapshot");
+                })
+                .ok()?;
+            metrics::counter!("flotilla_store_snapshots_sent_total").increment(1);
+            Some((message, parts))
+        });
+        let tx = self.tx.clone();
+        let done = Box::new(move |ok: bool| {
+            let _ = tx.send(Command::SnapshotDone { range_id, to, ok });
+        });
+        self.network.send_snapshot(node, range_id, build, done);
     }
 
     /// Answers requests past their deadline with `Timeout`.

@@ -10,8 +10,10 @@ use bytes::Bytes;
 use flotilla_engine::kv::KvError;
 use flotilla_engine::node::{bootstrap, FIRST_USER_RANGE};
 use flotilla_engine::raft::Message;
-use flotilla_engine::storage::{Engine, EngineConfig, SnapshotParts};
-use flotilla_engine::store::{Network, RequestError, Runtime, RuntimeConfig, RuntimeHandle};
+use flotilla_engine::storage::{Engine, EngineConfig};
+use flotilla_engine::store::{
+    Network, RequestError, Runtime, RuntimeConfig, RuntimeHandle, SnapshotBuild,
+};
 use flotilla_transport::kv::{
     write_request, CommandHeader, GetRequest, PutRequest, RaftCommand, WriteRequest,
 };
@@ -26,8 +28,7 @@ impl Network for NoNetwork {
         &self,
         _to_node: u64,
         _range_id: u64,
-        _message: Message,
-        _parts: SnapshotParts,
+        _build: SnapshotBuild,
         done: Box<dyn FnOnce(bool) + Send>,
     ) {
         done(false);
