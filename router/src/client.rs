@@ -6,11 +6,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use flotilla_transport::kv::{admin_request, AdminRequest, SplitRequest, SplitResponse};
 use flotilla_transport::kv::{
     txn_op, write_request, write_response, CommandHeader, DeleteRangeRequest, DeleteRequest,
     ErrorCode, GetRequest, KeyValue, KvError as WireError, PutRequest, RaftCommand, ScanRequest,
     TxnRequest, TxnResponse, WriteRequest, WriteResponse,
 };
+use flotilla_transport::meta::RangeDescriptor;
 use flotilla_transport::service::{
     read_request, read_response, ClusterInfo, NodeStatus, ReadConsistency, ReadRequest,
     ReadResponse,
@@ -432,6 +434,48 @@ impl Client {
         routing_key: &[u8],
         request: WriteRequest,
     ) -> Result<WriteResponse, ClientError> {
+        self.command(routing_key, Some(request), None).await
+    }
+
+    /// Splits the range holding `key` at `key` (an admin command through Raft): returns the
+    /// two ranges. The new one is on the same nodes; no data moves.
+    ///
+    /// # Errors
+    /// [`ClientError`]; `Refused(Malformed)` when `key` is the range's start.
+    pub async fn split(
+        &self,
+        key: impl AsRef<[u8]>,
+    ) -> Result<(RangeDescriptor, RangeDescriptor), ClientError> {
+        let key = key.as_ref();
+        let admin = AdminRequest {
+            request: Some(admin_request::Request::Split(SplitRequest {
+                split_key: Bytes::copy_from_slice(key),
+            })),
+        };
+        let response = self.command(key, None, Some(admin)).await?;
+        match response.response {
+            Some(write_response::Response::Split(SplitResponse {
+                left: Some(left),
+                right: Some(right),
+            })) => {
+                let mut cache = self.inner.cache.lock();
+                cache.insert(left.clone(), 0);
+                cache.insert(right.clone(), 0);
+                Ok((left, right))
+            }
+            _ => Err(ClientError::Config(
+                "a split answered with another response".into(),
+            )),
+        }
+    }
+
+    /// One command (a write or an admin command) to the range of `routing_key`, exactly once.
+    async fn command(
+        &self,
+        routing_key: &[u8],
+        request: Option<WriteRequest>,
+        admin: Option<AdminRequest>,
+    ) -> Result<WriteResponse, ClientError> {
         let _permit = self
             .inner
             .writes
@@ -452,7 +496,8 @@ impl Client {
                     session_start_ms: session.start_ms,
                     proposed_at_ms: 0,
                 }),
-                request: Some(request.clone()),
+                request: request.clone(),
+                admin: admin.clone(),
             };
             async move {
                 match self

@@ -59,6 +59,8 @@ enum Cmd {
         #[arg(long, default_value = "100")]
         limit: usize,
     },
+    /// Splits the range holding KEY at KEY (no data moves).
+    Split { key: String },
     /// Prints every node's ranges, leaders and counters.
     Status,
     /// A short narrated load against the cluster.
@@ -252,6 +254,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for kv in client.scan(&start, &end, limit).await? {
                 println!("{} = {}", show(&kv.key), show(&kv.value));
             }
+            Ok(())
+        }
+        Cmd::Split { key } => {
+            let client = connect().await?;
+            let (left, right) = client.split(&key).await?;
+            println!(
+                "range {} now ends at {:?}; range {} starts there",
+                left.id,
+                show(&right.start_key[1..]),
+                right.id
+            );
             Ok(())
         }
         Cmd::Status => {

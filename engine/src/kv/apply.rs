@@ -10,22 +10,23 @@
 
 use std::sync::Arc;
 
+use flotilla_transport::kv::{admin_request, AdminRequest, CommandHeader, SplitResponse};
 use flotilla_transport::kv::{
     txn_op, txn_op_response, write_request, write_response, Compare, CompareOp, CompareTarget,
     DeleteRangeResponse, DeleteResponse, GetResponse, KeyValue, PutResponse, RaftCommand,
     StoredValue, TxnOp, TxnOpResponse, TxnResponse, WriteRequest, WriteResponse,
 };
-use flotilla_transport::meta::{ApplyState, RangeDescriptor};
+use flotilla_transport::meta::{ApplyState, RangeDescriptor, SessionRecord};
 use flotilla_transport::raft::{ConfState, Entry, EntryType};
 use prost::Message;
-use rocksdb::WriteBatch;
 
 use super::config::KvConfig;
 use super::error::KvError;
 use super::overlay::Overlay;
 use super::session::{self, Verdict};
-use super::validate::{check_command, internal_span};
-use crate::storage::{keys, Cf, Engine, EngineError};
+use super::split::{plan as plan_split, SplitPlan};
+use super::validate::{check_command, check_range, internal_span};
+use crate::storage::{keys, Cf, Engine, EngineError, LogBatch, RangeLog};
 
 /// The outcome of one applied normal entry carrying a command.
 #[derive(Clone, Debug, PartialEq)]
@@ -44,6 +45,10 @@ pub struct RangeApplier {
     descriptor: RangeDescriptor,
     state: ApplyState,
     config: KvConfig,
+    /// Ranges split off in the batch being applied, with the sessions they inherit.
+    splits: Vec<(SplitPlan, Vec<SessionRecord>)>,
+    /// Ranges split off by the last `apply`, for the store to open.
+    created: Vec<RangeDescriptor>,
 }
 
 fn error_response(index: u64, e: &KvError) -> WriteResponse {
@@ -83,6 +88,8 @@ impl RangeApplier {
             descriptor,
             state,
             config,
+            splits: Vec::new(),
+            created: Vec::new(),
         })
     }
 
@@ -120,29 +127,81 @@ impl RangeApplier {
         let mut overlay = Overlay::new(&engine, self.descriptor.id);
         // The in-memory state moves only once the batch is written: a failed read or write
         // leaves it where the disk is.
-        let before = self.state.clone();
-        let result = self.apply_batch(&mut overlay, entries, conf_state);
-        match result {
-            Ok(out) => {
-                let mut batch = WriteBatch::default();
-                overlay.flush(&mut batch);
+        let before = (self.state.clone(), self.descriptor.clone());
+        self.splits.clear();
+        let result = self
+            .apply_batch(&mut overlay, entries, conf_state)
+            .and_then(|out| {
+                let mut batch = LogBatch::new();
+                overlay.flush(batch.raw());
+                self.stage_splits(&mut batch)?;
                 engine.put_record(
-                    &mut batch,
+                    batch.raw(),
                     Cf::Meta,
                     &keys::apply_state_key(self.descriptor.id),
                     &self.state,
                 );
-                if let Err(e) = engine.write_unsynced(batch) {
-                    self.state = before;
-                    return Err(e);
-                }
+                batch.write_unsynced(&engine)?;
                 Ok(out)
+            });
+        if result.is_err() {
+            (self.state, self.descriptor) = before;
+            self.splits.clear();
+        } else {
+            self.created
+                .extend(self.splits.drain(..).map(|(plan, _)| plan.right));
+        }
+        result
+    }
+
+    /// The ranges split off since the last call: the store opens their replicas.
+    pub fn take_created(&mut self) -> Vec<RangeDescriptor> {
+        std::mem::take(&mut self.created)
+    }
+
+    /// Writes the narrowed descriptor and each new range (its descriptor, initial Raft state,
+    /// apply state with this range's clock, and the sessions it inherits) into `batch`, with
+    /// the data of the entries that split. A range that exists already was created by an
+    /// earlier apply of the same entry (a replay after a crash): it is left as it is.
+    fn stage_splits(&self, batch: &mut LogBatch) -> Result<(), EngineError> {
+        if self.splits.is_empty() {
+            return Ok(());
+        }
+        let engine = &self.engine;
+        engine.put_record(
+            batch.raw(),
+            Cf::Meta,
+            &keys::descriptor_key(self.descriptor.id),
+            &self.descriptor,
+        );
+        for (plan, sessions) in &self.splits {
+            let right = &plan.right;
+            if engine.descriptor(right.id)?.is_some() {
+                continue;
             }
-            Err(e) => {
-                self.state = before;
-                Err(e)
+            RangeLog::create(engine, batch, right, &plan.right_initial)?;
+            let apply_state = ApplyState {
+                applied_index: plan.right_initial.index,
+                applied_term: plan.right_initial.term,
+                conf_state: plan.right_initial.conf_state.clone(),
+                clock_ms: self.state.clock_ms,
+            };
+            engine.put_record(
+                batch.raw(),
+                Cf::Meta,
+                &keys::apply_state_key(right.id),
+                &apply_state,
+            );
+            for session in sessions {
+                engine.put_record(
+                    batch.raw(),
+                    Cf::Meta,
+                    &keys::session_key(right.id, session.client_id),
+                    session,
+                );
             }
         }
+        Ok(())
     }
 
     fn apply_batch(
@@ -215,6 +274,14 @@ impl RangeApplier {
                 Verdict::Refuse(err) => return Ok(applied(error_response(e.index, &err))),
             }
         }
+        if let Some(admin) = cmd.admin {
+            let response = self.apply_admin(overlay, &header, admin, e)?;
+            if let Some(mut s) = session {
+                session::record(&mut s, &header, &response, &self.config);
+                overlay.put_session(s);
+            }
+            return Ok(applied(response));
+        }
         let request = cmd.request.unwrap_or_default();
         let response = match check_command(&self.descriptor, &header, &request, &self.config) {
             Err(err) => error_response(e.index, &err),
@@ -228,6 +295,42 @@ impl RangeApplier {
             }
         };
         Ok(applied(response))
+    }
+
+    /// An admin command: checked against the range like any command, then carried out.
+    fn apply_admin(
+        &mut self,
+        overlay: &mut Overlay<'_>,
+        header: &CommandHeader,
+        admin: AdminRequest,
+        e: &Entry,
+    ) -> Result<WriteResponse, EngineError> {
+        if let Err(err) = check_range(&self.descriptor, header.range_id, header.epoch.as_ref()) {
+            return Ok(error_response(e.index, &err));
+        }
+        match admin.request {
+            Some(admin_request::Request::Split(split)) => {
+                let plan = match plan_split(&self.descriptor, &split.split_key, e.index, e.term) {
+                    Ok(p) => p,
+                    Err(err) => return Ok(error_response(e.index, &err)),
+                };
+                let sessions = overlay.all_sessions()?;
+                self.descriptor = plan.left.clone();
+                let response = WriteResponse {
+                    revision: e.index,
+                    response: Some(write_response::Response::Split(SplitResponse {
+                        left: Some(plan.left.clone()),
+                        right: Some(plan.right.clone()),
+                    })),
+                };
+                self.splits.push((plan, sessions));
+                Ok(response)
+            }
+            None => Ok(error_response(
+                e.index,
+                &KvError::Malformed("unknown admin operation".into()),
+            )),
+        }
     }
 
     fn execute(

@@ -67,6 +67,17 @@ impl LogBatch {
         engine.write_synced(self.batch)
     }
 
+    /// Writes the batch without an fsync (apply output: replayed from the log after a crash).
+    ///
+    /// # Errors
+    /// [`EngineError`] from the write.
+    pub(crate) fn write_unsynced(self, engine: &Engine) -> Result<(), EngineError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        engine.write_unsynced(self.batch)
+    }
+
     pub(crate) fn raw(&mut self) -> &mut WriteBatch {
         &mut self.batch
     }

@@ -54,6 +54,8 @@ pub struct RoundOutput {
     /// `(index, term)` of every entry handed to apply in this round (commands, no-ops and
     /// membership changes alike), for matching proposals.
     pub committed: Vec<(u64, u64)>,
+    /// Ranges split off this one in this round: their replicas exist on disk, to be opened.
+    pub created: Vec<RangeDescriptor>,
 }
 
 /// Leader side, on any thread: builds the snapshot of `range_id` as applied now (one
@@ -299,6 +301,7 @@ impl Peer {
             applied,
             reads,
             committed,
+            created: self.applier.take_created(),
         })
     }
 

@@ -11,13 +11,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use flotilla_transport::kv::{CommandHeader, RaftCommand, WriteRequest};
+use flotilla_transport::kv::{AdminRequest, CommandHeader, RaftCommand, WriteRequest};
 use flotilla_transport::meta::RangeDescriptor;
 use flotilla_transport::raft::{Message, MessageType, SnapshotMetadata};
 use prost::Message as _;
 
 use super::peer::{Peer, PeerError, RoundOutput};
-use crate::kv::{check_command, Applied, KvConfig, KvError};
+use crate::kv::{check_command, check_range, Applied, KvConfig, KvError};
 use crate::raft::{Config, ProposeError, ReadState, Role};
 use crate::storage::{Engine, LogBatch};
 
@@ -37,6 +37,8 @@ pub struct StoreRound {
     /// Some range has more work already (a Ready left after this round): run another round
     /// without waiting.
     pub more: bool,
+    /// Ranges created by splits in this round (now hosted by this store).
+    pub created: Vec<u64>,
 }
 
 /// Why a write was not proposed. Nothing was appended; the client may act on each.
@@ -55,11 +57,18 @@ pub enum ProposeRefused {
     Busy { range_id: u64, reason: String },
 }
 
+/// What a client proposes to a range.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    Write(WriteRequest),
+    Admin(AdminRequest),
+}
+
 /// How a proposed write ended.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
     /// Applied; the state machine's response (which may be a typed refusal from apply).
-    Applied(flotilla_transport::kv::WriteResponse),
+    Applied(Box<flotilla_transport::kv::WriteResponse>),
     /// Certainly not applied: another entry was committed at its index (leadership changed).
     Dropped,
     /// Covered by a snapshot this replica installed: it may or may not have applied. A retry
@@ -272,6 +281,36 @@ impl Store {
         }
     }
 
+    /// Opens the replicas of ranges a split of `parent` created. Where `parent` is led from
+    /// here, the new range campaigns at once (its other replicas may not have applied the
+    /// split yet; they vote once they have), so it serves without an election timeout.
+    fn open_split_ranges(
+        &mut self,
+        parent: u64,
+        created: &[RangeDescriptor],
+        out: &mut StoreRound,
+    ) -> Result<(), PeerError> {
+        let parent_leads = self
+            .peers
+            .get_mut(&parent)
+            .is_some_and(|p| p.raft().status().role == Role::Leader);
+        for right in created {
+            if self.peers.contains_key(&right.id) {
+                continue;
+            }
+            self.add_peer(right, None)?;
+            if parent_leads {
+                if let Some(peer) = self.peers.get_mut(&right.id) {
+                    peer.raft().campaign()?;
+                }
+            }
+            tracing::info!(node = self.node_id, parent, range = right.id, "range split");
+            out.created.push(right.id);
+            out.more = true;
+        }
+        Ok(())
+    }
+
     /// Wakes a quiet range (traffic returned): it is ticked again.
     pub fn wake(&mut self, range_id: u64) {
         if let Some(peer) = self.peers.get_mut(&range_id) {
@@ -391,8 +430,22 @@ impl Store {
     /// [`ProposeRefused`] with what the client should do; nothing was appended.
     pub fn propose_write(
         &mut self,
-        mut header: CommandHeader,
+        header: CommandHeader,
         request: WriteRequest,
+        now_ms: u64,
+    ) -> Result<Ticket, ProposeRefused> {
+        self.propose(header, Command::Write(request), now_ms)
+    }
+
+    /// Proposes a client command (a write, or an admin command such as a split) to the
+    /// replica of `header.range_id`, checked like [`Store::propose_write`].
+    ///
+    /// # Errors
+    /// [`ProposeRefused`] with what the client should do; nothing was appended.
+    pub fn propose(
+        &mut self,
+        mut header: CommandHeader,
+        command: Command,
         now_ms: u64,
     ) -> Result<Ticket, ProposeRefused> {
         let range_id = header.range_id;
@@ -400,16 +453,22 @@ impl Store {
         let Some(peer) = self.peers.get_mut(&range_id) else {
             return Err(KvError::RangeNotFound(range_id).into());
         };
-        check_command(
-            peer.applier().descriptor(),
-            &header,
-            &request,
-            peer.applier().config(),
-        )?;
+        let descriptor = peer.applier().descriptor();
+        let (request, admin) = match command {
+            Command::Write(request) => {
+                check_command(descriptor, &header, &request, peer.applier().config())?;
+                (Some(request), None)
+            }
+            Command::Admin(admin) => {
+                check_range(descriptor, header.range_id, header.epoch.as_ref())?;
+                (None, Some(admin))
+            }
+        };
         header.proposed_at_ms = now_ms;
         let data: Bytes = RaftCommand {
             header: Some(header),
-            request: Some(request),
+            request,
+            admin,
         }
         .encode_to_vec()
         .into();
@@ -454,7 +513,7 @@ impl Store {
                 Outcome::Dropped
             } else {
                 match finished.applied.iter().find(|a| a.index == index) {
-                    Some(a) => Outcome::Applied(a.response.clone()),
+                    Some(a) => Outcome::Applied(Box::new(a.response.clone())),
                     // Our own proposals are commands; an entry without a response was not one.
                     None => Outcome::Dropped,
                 }
@@ -527,6 +586,9 @@ impl Store {
                 .extend(finished.applied.into_iter().map(|a| (range_id, a)));
             out.reads
                 .extend(finished.reads.into_iter().map(|r| (range_id, r)));
+            if !finished.created.is_empty() {
+                self.open_split_ranges(range_id, &finished.created, &mut out)?;
+            }
         }
         Ok(out)
     }

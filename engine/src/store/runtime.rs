@@ -36,7 +36,7 @@ use flotilla_transport::service::{read_request, read_response, ReadConsistency, 
 use tokio::sync::oneshot;
 
 use super::peer::{prepare_snapshot, PeerError};
-use super::replicas::{Outcome, ProposeRefused, Store, StoreRound};
+use super::replicas::{Command as StoreCommand, Outcome, ProposeRefused, Store, StoreRound};
 use crate::kv::{self, check_range, KvConfig, KvError};
 use crate::raft::{Config, ReadError as RaftReadError, Role};
 use crate::storage::{Engine, ReceivedSnapshot, SnapshotParts};
@@ -169,6 +169,8 @@ pub struct RuntimeHandle {
     dropped: Arc<AtomicU64>,
     /// Client requests each poller holds (proposed writes, reads waiting).
     pending: Arc<Vec<AtomicU64>>,
+    /// Ranges created while running (splits) stay on their parent's poller.
+    routes: Arc<parking_lot::RwLock<HashMap<u64, usize>>>,
 }
 
 impl std::fmt::Debug for RuntimeHandle {
@@ -185,8 +187,16 @@ fn poller_of(range_id: u64, pollers: usize) -> usize {
 }
 
 impl RuntimeHandle {
+    /// The poller of `range_id`: where a split put it, else by id (how a restart shares the
+    /// ranges out).
     fn mailbox(&self, range_id: u64) -> &Sender<Command> {
-        &self.mailboxes[poller_of(range_id, self.mailboxes.len())]
+        let poller = self
+            .routes
+            .read()
+            .get(&range_id)
+            .copied()
+            .unwrap_or_else(|| poller_of(range_id, self.mailboxes.len()));
+        &self.mailboxes[poller.min(self.mailboxes.len() - 1)]
     }
 
     /// Whether a poller stopped on a storage failure.
@@ -365,6 +375,7 @@ impl Runtime {
             halted: Arc::new(AtomicBool::new(false)),
             dropped: Arc::new(AtomicU64::new(0)),
             pending: Arc::new((0..pollers).map(|_| AtomicU64::new(0)).collect()),
+            routes: Arc::new(parking_lot::RwLock::new(HashMap::new())),
         };
         let mut threads = Vec::with_capacity(pollers);
         for (index, (store, rx)) in stores.into_iter().zip(receivers).enumerate() {
@@ -604,6 +615,11 @@ impl Poller {
             if work || self.more {
                 let round = self.store.round()?;
                 self.more = round.more;
+                for range_id in &round.created {
+                    self.shared.routes.write().insert(*range_id, self.index);
+                    let due = now + phase(self.config.node_id, *range_id, self.config.tick);
+                    self.ticks.push(Reverse((due, *range_id)));
+                }
                 self.dispatch(round);
                 self.schedule_woken(now);
             }
@@ -811,22 +827,23 @@ impl Poller {
         reply: oneshot::Sender<WriteResult>,
         deadline: Instant,
     ) {
-        let has_operation = command
-            .request
-            .as_ref()
-            .is_some_and(|r| r.request.is_some());
-        if let Err(e) = self.precheck(has_operation, "write") {
+        let operation = match (command.request, command.admin) {
+            (Some(r), None) if r.request.is_some() => Some(StoreCommand::Write(r)),
+            (None, Some(a)) if a.request.is_some() => Some(StoreCommand::Admin(a)),
+            _ => None,
+        };
+        if let Err(e) = self.precheck(operation.is_some(), "write") {
             let _ = reply.send(Err(e.into()));
             return;
         }
-        let (Some(header), Some(request)) = (command.header, command.request) else {
+        let (Some(header), Some(operation)) = (command.header, operation) else {
             let _ = reply.send(Err(
                 KvError::Malformed("a write needs a header".into()).into()
             ));
             return;
         };
         let range_id = header.range_id;
-        match self.store.propose_write(header, request, now_ms()) {
+        match self.store.propose(header, operation, now_ms()) {
             Ok(ticket) => {
                 metrics::counter!("flotilla_raft_proposals_total").increment(1);
                 let displaced = self.writes.insert(
@@ -960,7 +977,7 @@ impl Poller {
             metrics::histogram!("flotilla_raft_propose_commit_seconds")
                 .record(pending.started.elapsed().as_secs_f64());
             let result = match outcome {
-                Outcome::Applied(response) if ticket.term == pending.term => Ok(response),
+                Outcome::Applied(response) if ticket.term == pending.term => Ok(*response),
                 Outcome::Applied(_) | Outcome::Dropped => Err(KvError::ProposalDropped {
                     range_id: ticket.range_id,
                 }

@@ -115,6 +115,7 @@ fn payload(range: u64, index: u64) -> Bytes {
         request: Some(WriteRequest {
             request: Some(write_request::Request::Txn(request)),
         }),
+        admin: None,
     }
     .encode_to_vec()
     .into()

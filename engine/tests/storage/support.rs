@@ -95,6 +95,7 @@ pub fn command(header: CommandHeader, request: write_request::Request) -> Bytes 
         request: Some(WriteRequest {
             request: Some(request),
         }),
+        admin: None,
     }
     .encode_to_vec()
     .into()

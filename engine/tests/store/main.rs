@@ -181,6 +181,7 @@ fn put(key: &str, value: &str, seq: u64) -> Bytes {
                 prev_kv: false,
             })),
         }),
+        admin: None,
     }
     .encode_to_vec()
     .into()

@@ -125,6 +125,7 @@ fn put_in(range: u64, seq: u64) -> Bytes {
                 prev_kv: false,
             })),
         }),
+        admin: None,
     }
     .encode_to_vec()
     .into()

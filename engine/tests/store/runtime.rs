@@ -56,6 +56,7 @@ fn put(key: &str, value: &str) -> RaftCommand {
                 prev_kv: false,
             })),
         }),
+        admin: None,
     }
 }
 
