@@ -78,6 +78,8 @@ log-gc-threshold-entries = 10000
 # the followers of a leader whose node went down, at most max-wakeups-per-tick ranges a tick.
 quiesce = true
 max-wakeups-per-tick = 1000
+# A range splits at its middle key once its data passes this size (0: never).
+split-size-bytes = 67108864
 entry-cache-bytes = 268435456
 entry-cache-bytes-per-range = 4194304
 # How long a graceful shutdown (SIGTERM) waits for leaderships to move away.
@@ -142,6 +144,7 @@ pub struct StoreSection {
     pub log_gc_threshold_entries: u64,
     pub quiesce: bool,
     pub max_wakeups_per_tick: usize,
+    pub split_size_bytes: u64,
     pub entry_cache_bytes: u64,
     pub entry_cache_bytes_per_range: u64,
     pub shutdown_timeout_ms: u64,
@@ -206,6 +209,7 @@ impl Default for StoreSection {
             log_gc_threshold_entries: r.log_gc_threshold_entries,
             quiesce: r.quiesce,
             max_wakeups_per_tick: r.max_wakeups_per_tick,
+            split_size_bytes: r.split_size_bytes,
             entry_cache_bytes: e.entry_cache_bytes,
             entry_cache_bytes_per_range: e.entry_cache_bytes_per_range,
             shutdown_timeout_ms: 5000,
@@ -336,6 +340,7 @@ impl ServerConfig {
         runtime.log_gc_threshold_entries = self.store.log_gc_threshold_entries;
         runtime.quiesce = self.store.quiesce;
         runtime.max_wakeups_per_tick = self.store.max_wakeups_per_tick;
+        runtime.split_size_bytes = self.store.split_size_bytes;
         let mut engine = EngineConfig::new(
             resolve(&self.data_dir),
             self.cluster_id.clone(),

@@ -18,5 +18,5 @@ pub use self::apply::{Applied, RangeApplier};
 pub use self::config::KvConfig;
 pub use self::error::KvError;
 pub use self::read::{get, scan, ReadError};
-pub use self::split::{plan as plan_split, SplitPlan};
+pub use self::split::{plan as plan_split, size_and_middle, SplitPlan};
 pub use self::validate::{check_command, check_key, check_range, check_write, contains};

@@ -11,7 +11,7 @@ use flotilla_transport::meta::{RangeDescriptor, RangeEpoch, Replica, ReplicaRole
 use flotilla_transport::raft::{ConfState, SnapshotMetadata};
 
 use super::error::KvError;
-use crate::storage::keys;
+use crate::storage::{keys, Cf, Engine, EngineError};
 
 /// The meta range never splits (placement's state stays in one range).
 const META_RANGE: u64 = 1;
@@ -107,6 +107,48 @@ pub fn plan(
         right,
         right_initial,
     })
+}
+
+/// The size of `descriptor`'s data (keys and stored values) and a user key near its middle by
+/// size: where a range that grew too big splits. `None` for a range with fewer than two keys.
+/// Reads the whole range: run it off the poller.
+///
+/// # Errors
+/// [`EngineError`] when the data cannot be read.
+pub fn size_and_middle(
+    engine: &Engine,
+    descriptor: &RangeDescriptor,
+) -> Result<Option<(u64, Vec<u8>)>, EngineError> {
+    const SAMPLE_BYTES: u64 = 16 * 1024;
+    let (start, end) = keys::data_span(descriptor);
+    let iter = engine.db().iterator_cf_opt(
+        engine.cf(Cf::Data),
+        engine.read_options_bounded(&end),
+        rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward),
+    );
+    // (bytes before the key, key) every SAMPLE_BYTES: the middle is the sample nearest half.
+    let mut samples: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut total = 0u64;
+    let mut next_sample = 0u64;
+    let mut count = 0u64;
+    for item in iter {
+        let (key, value) = item?;
+        if total >= next_sample && count > 0 {
+            samples.push((total, key.to_vec()));
+            next_sample = total + SAMPLE_BYTES;
+        }
+        total += (key.len() + value.len()) as u64;
+        count += 1;
+    }
+    if count < 2 {
+        return Ok(None);
+    }
+    let half = total / 2;
+    let middle = samples
+        .into_iter()
+        .min_by_key(|(before, _)| before.abs_diff(half))
+        .and_then(|(_, key)| keys::user_key(&key).map(<[u8]>::to_vec));
+    Ok(middle.map(|m| (total, m)))
 }
 
 #[cfg(test)]

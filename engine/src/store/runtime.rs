@@ -30,7 +30,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender, TrySendError};
-use flotilla_transport::kv::{RaftCommand, WriteResponse};
+use flotilla_transport::kv::{
+    admin_request, AdminRequest, CommandHeader, RaftCommand, SplitRequest, WriteResponse,
+};
 use flotilla_transport::raft::{Message, MessageType};
 use flotilla_transport::service::{read_request, read_response, ReadConsistency, ReadRequest};
 use tokio::sync::oneshot;
@@ -91,6 +93,9 @@ pub struct RuntimeConfig {
     /// Quiet ranges woken per tick after a node went down (a liveness blip must not wake
     /// every range at once).
     pub max_wakeups_per_tick: usize,
+    /// A range led here splits at its middle key once its data passes this size (0: never).
+    /// Checked (a read of the range, off the poller) after every quarter of it written.
+    pub split_size_bytes: u64,
 }
 
 impl RuntimeConfig {
@@ -108,6 +113,7 @@ impl RuntimeConfig {
             log_gc_threshold_entries: 10_000,
             quiesce: true,
             max_wakeups_per_tick: 1000,
+            split_size_bytes: 64 << 20,
         }
     }
 }
@@ -158,6 +164,11 @@ enum Command {
     NodeDown(u64),
     /// Node liveness: this node is reachable again.
     NodeUp(u64),
+    /// A size check found the range too big: split it at `key`.
+    AutoSplit {
+        range_id: u64,
+        key: Bytes,
+    },
     Stop,
 }
 
@@ -458,6 +469,8 @@ struct Poller {
     to_wake: std::collections::VecDeque<(u64, u64)>,
     /// Nodes the transport reports down.
     down: std::collections::HashSet<u64>,
+    /// Bytes proposed per range since its last size check.
+    written: HashMap<u64, u64>,
     /// A round is due at once (a Ready left over, a compaction staged).
     more: bool,
     next_expiry: Instant,
@@ -520,6 +533,7 @@ impl Poller {
             next_read_id: random_u64(),
             to_wake: std::collections::VecDeque::new(),
             down: std::collections::HashSet::new(),
+            written: HashMap::new(),
             more: false,
             next_expiry: now,
             next_gauges: now,
@@ -793,6 +807,7 @@ impl Poller {
             Command::NodeUp(node) => {
                 self.down.remove(&node);
             }
+            Command::AutoSplit { range_id, key } => self.auto_split(range_id, key),
             Command::Stop => return Ok(false),
         }
         Ok(true)
@@ -843,6 +858,9 @@ impl Poller {
             return;
         };
         let range_id = header.range_id;
+        if let StoreCommand::Write(request) = &operation {
+            self.count_written(range_id, prost::Message::encoded_len(request) as u64);
+        }
         match self.store.propose(header, operation, now_ms()) {
             Ok(ticket) => {
                 metrics::counter!("flotilla_raft_proposals_total").increment(1);
@@ -1048,6 +1066,73 @@ impl Poller {
             let _ = tx.send(Command::SnapshotDone { range_id, to, ok });
         });
         self.network.send_snapshot(node, range_id, build, done);
+    }
+
+    /// Counts bytes proposed to a range; after a quarter of the split size, checks its size
+    /// off the poller (the check sends `AutoSplit` back if the range is too big).
+    fn count_written(&mut self, range_id: u64, bytes: u64) {
+        let limit = self.config.split_size_bytes;
+        if limit == 0 {
+            return;
+        }
+        let written = self.written.entry(range_id).or_default();
+        *written += bytes;
+        if *written < (limit / 4).max(1) {
+            return;
+        }
+        *written = 0;
+        let Some(peer) = self.store.peer(range_id) else {
+            return;
+        };
+        let descriptor = peer.applier().descriptor().clone();
+        let engine = self.store.engine().clone();
+        let tx = self.tx.clone();
+        let node = self.config.node_id;
+        let spawned = std::thread::Builder::new()
+            .name("flotilla-split-check".into())
+            .spawn(move || match kv::size_and_middle(&engine, &descriptor) {
+                Ok(Some((size, key))) if size > limit => {
+                    tracing::info!(node, range = range_id, size, "range too big: splitting");
+                    let _ = tx.send(Command::AutoSplit {
+                        range_id,
+                        key: key.into(),
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(node, range = range_id, error = %e, "size check failed");
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(node, range = range_id, error = %e, "cannot start a size check");
+        }
+    }
+
+    /// Proposes the split a size check asked for, if this replica still leads the range.
+    fn auto_split(&mut self, range_id: u64, key: Bytes) {
+        let Some(peer) = self.store.peer(range_id) else {
+            return;
+        };
+        let header = CommandHeader {
+            range_id,
+            epoch: peer.applier().descriptor().epoch,
+            ..CommandHeader::default()
+        };
+        let admin = AdminRequest {
+            request: Some(admin_request::Request::Split(SplitRequest {
+                split_key: key,
+            })),
+        };
+        match self
+            .store
+            .propose(header, StoreCommand::Admin(admin), now_ms())
+        {
+            Ok(_) => metrics::counter!("flotilla_store_auto_splits_total").increment(1),
+            Err(e) => {
+                tracing::debug!(node = self.config.node_id, range = range_id, error = %e,
+                    "automatic split not proposed");
+            }
+        }
     }
 
     /// Answers requests past their deadline with `Timeout`.

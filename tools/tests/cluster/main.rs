@@ -887,3 +887,38 @@ async fn a_split_under_concurrent_writes_loses_nothing_and_routes_after() {
         .expect("the left range serves after a restart");
     cluster.stop_all().await;
 }
+
+/// A range that grows past the split size splits by itself at its middle key; every write
+/// stays readable and the client follows the new ranges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_past_the_split_size_splits_by_itself() {
+    let mut cluster = Cluster::start_with(3, |c| c.runtime.split_size_bytes = 32 << 10).await;
+    let client = cluster.client().await;
+    let value = "x".repeat(1024);
+    for i in 0..120 {
+        client
+            .put(format!("grow{i:03}"), value.clone())
+            .await
+            .expect("put");
+    }
+    let ranges = eventually("an automatic split", || async {
+        let n = cluster.node(1).ranges().await.len();
+        (n >= 3).then_some(n)
+    })
+    .await;
+    assert!(ranges >= 3);
+    for i in (0..120).step_by(7) {
+        let kv = client
+            .get(format!("grow{i:03}"))
+            .await
+            .expect("get")
+            .expect("found");
+        assert_eq!(kv.value.len(), 1024);
+    }
+    let all = client
+        .scan("grow", "grox", 0)
+        .await
+        .expect("scan across the ranges");
+    assert_eq!(all.len(), 120);
+    cluster.stop_all().await;
+}
