@@ -134,7 +134,7 @@ impl RangeApplier {
             .and_then(|out| {
                 let mut batch = LogBatch::new();
                 overlay.flush(batch.raw());
-                self.stage_splits(&mut batch)?;
+                let created = self.stage_splits(&mut batch)?;
                 engine.put_record(
                     batch.raw(),
                     Cf::Meta,
@@ -142,16 +142,19 @@ impl RangeApplier {
                     &self.state,
                 );
                 batch.write_unsynced(&engine)?;
-                Ok(out)
+                Ok((out, created))
             });
-        if result.is_err() {
-            (self.state, self.descriptor) = before;
-            self.splits.clear();
-        } else {
-            self.created
-                .extend(self.splits.drain(..).map(|(plan, _)| plan.right));
+        self.splits.clear();
+        match result {
+            Ok((out, created)) => {
+                self.created.extend(created);
+                Ok(out)
+            }
+            Err(e) => {
+                (self.state, self.descriptor) = before;
+                Err(e)
+            }
         }
-        result
     }
 
     /// The ranges split off since the last call: the store opens their replicas.
@@ -163,9 +166,10 @@ impl RangeApplier {
     /// apply state with this range's clock, and the sessions it inherits) into `batch`, with
     /// the data of the entries that split. A range that exists already was created by an
     /// earlier apply of the same entry (a replay after a crash): it is left as it is.
-    fn stage_splits(&self, batch: &mut LogBatch) -> Result<(), EngineError> {
+    fn stage_splits(&self, batch: &mut LogBatch) -> Result<Vec<RangeDescriptor>, EngineError> {
+        let mut created = Vec::new();
         if self.splits.is_empty() {
-            return Ok(());
+            return Ok(created);
         }
         let engine = &self.engine;
         engine.put_record(
@@ -200,8 +204,9 @@ impl RangeApplier {
                     session,
                 );
             }
+            created.push(right.clone());
         }
-        Ok(())
+        Ok(created)
     }
 
     fn apply_batch(
@@ -275,10 +280,21 @@ impl RangeApplier {
             }
         }
         if let Some(admin) = cmd.admin {
-            let response = self.apply_admin(overlay, &header, admin, e)?;
+            let (response, plan) = match self.apply_admin(&header, admin, e) {
+                Ok(done) => done,
+                // Refusals are not recorded: a retry with the same number may succeed.
+                Err(err) => return Ok(applied(error_response(e.index, &err))),
+            };
             if let Some(mut s) = session {
                 session::record(&mut s, &header, &response, &self.config);
                 overlay.put_session(s);
+            }
+            if let Some(plan) = plan {
+                // The new range inherits the sessions as they are now, this command's own
+                // response included, so a retry of the split or of any earlier write that
+                // now routes there gets its recorded response.
+                let sessions = overlay.all_sessions()?;
+                self.splits.push((plan, sessions));
             }
             return Ok(applied(response));
         }
@@ -297,24 +313,18 @@ impl RangeApplier {
         Ok(applied(response))
     }
 
-    /// An admin command: checked against the range like any command, then carried out.
+    /// An admin command: checked against the range like any command, then carried out on
+    /// the in-memory descriptor; a split's new range is returned for `stage_splits`.
     fn apply_admin(
         &mut self,
-        overlay: &mut Overlay<'_>,
         header: &CommandHeader,
         admin: AdminRequest,
         e: &Entry,
-    ) -> Result<WriteResponse, EngineError> {
-        if let Err(err) = check_range(&self.descriptor, header.range_id, header.epoch.as_ref()) {
-            return Ok(error_response(e.index, &err));
-        }
+    ) -> Result<(WriteResponse, Option<SplitPlan>), KvError> {
+        check_range(&self.descriptor, header.range_id, header.epoch.as_ref())?;
         match admin.request {
             Some(admin_request::Request::Split(split)) => {
-                let plan = match plan_split(&self.descriptor, &split.split_key, e.index, e.term) {
-                    Ok(p) => p,
-                    Err(err) => return Ok(error_response(e.index, &err)),
-                };
-                let sessions = overlay.all_sessions()?;
+                let plan = plan_split(&self.descriptor, &split.split_key, e.index, e.term)?;
                 self.descriptor = plan.left.clone();
                 let response = WriteResponse {
                     revision: e.index,
@@ -323,13 +333,9 @@ impl RangeApplier {
                         right: Some(plan.right.clone()),
                     })),
                 };
-                self.splits.push((plan, sessions));
-                Ok(response)
+                Ok((response, Some(plan)))
             }
-            None => Ok(error_response(
-                e.index,
-                &KvError::Malformed("unknown admin operation".into()),
-            )),
+            None => Err(KvError::Malformed("unknown admin operation".into())),
         }
     }
 

@@ -84,6 +84,22 @@ pub struct Ticket {
     pub index: u64,
 }
 
+/// Whether the session of `header`'s client in `range_id` holds a response for its seq.
+fn recorded(engine: &Engine, range_id: u64, header: &CommandHeader) -> Result<bool, KvError> {
+    if header.client_id == 0 {
+        return Ok(false);
+    }
+    let session: Option<flotilla_transport::meta::SessionRecord> = engine
+        .read_record(
+            crate::storage::Cf::Meta,
+            &crate::storage::keys::session_key(range_id, header.client_id),
+            range_id,
+            "session",
+        )
+        .map_err(|e| KvError::ServerBusy(format!("session lookup failed: {e}")))?;
+    Ok(session.is_some_and(|s| s.responses.iter().any(|c| c.seq == header.seq)))
+}
+
 /// The replicas hosted by one node.
 pub struct Store {
     engine: Arc<Engine>,
@@ -456,11 +472,24 @@ impl Store {
         let descriptor = peer.applier().descriptor();
         let (request, admin) = match command {
             Command::Write(request) => {
-                check_command(descriptor, &header, &request, peer.applier().config())?;
+                if let Err(e) =
+                    check_command(descriptor, &header, &request, peer.applier().config())
+                {
+                    // A retry of a write this range applied before a split moved some of its
+                    // keys away: the recorded response is the answer, whatever the range is
+                    // now (apply looks the session up before any other check).
+                    if !(e.is_routing() && recorded(&self.engine, range_id, &header)?) {
+                        return Err(e.into());
+                    }
+                }
                 (Some(request), None)
             }
             Command::Admin(admin) => {
-                check_range(descriptor, header.range_id, header.epoch.as_ref())?;
+                if let Err(e) = check_range(descriptor, header.range_id, header.epoch.as_ref()) {
+                    if !recorded(&self.engine, range_id, &header)? {
+                        return Err(e.into());
+                    }
+                }
                 (None, Some(admin))
             }
         };

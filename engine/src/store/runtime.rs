@@ -42,7 +42,7 @@ use super::replicas::{Command as StoreCommand, Outcome, ProposeRefused, Store, S
 use crate::kv::{self, check_range, KvConfig, KvError};
 use crate::raft::{Config, ReadError as RaftReadError, Role};
 use crate::storage::{Engine, ReceivedSnapshot, SnapshotParts};
-use flotilla_transport::meta::ReplicaRole;
+use flotilla_transport::meta::{RangeEpoch, ReplicaRole};
 
 /// Where the runtime's outgoing traffic goes: the QUIC transport on a node, an in-memory
 /// network in tests.
@@ -164,9 +164,10 @@ enum Command {
     NodeDown(u64),
     /// Node liveness: this node is reachable again.
     NodeUp(u64),
-    /// A size check found the range too big: split it at `key`.
+    /// A size check of the range at `epoch` found it too big: split it at `key`.
     AutoSplit {
         range_id: u64,
+        epoch: Option<RangeEpoch>,
         key: Bytes,
     },
     Stop,
@@ -807,7 +808,11 @@ impl Poller {
             Command::NodeUp(node) => {
                 self.down.remove(&node);
             }
-            Command::AutoSplit { range_id, key } => self.auto_split(range_id, key),
+            Command::AutoSplit {
+                range_id,
+                epoch,
+                key,
+            } => self.auto_split(range_id, epoch, key),
             Command::Stop => return Ok(false),
         }
         Ok(true)
@@ -1095,6 +1100,7 @@ impl Poller {
                     tracing::info!(node, range = range_id, size, "range too big: splitting");
                     let _ = tx.send(Command::AutoSplit {
                         range_id,
+                        epoch: descriptor.epoch,
                         key: key.into(),
                     });
                 }
@@ -1109,13 +1115,12 @@ impl Poller {
     }
 
     /// Proposes the split a size check asked for, if this replica still leads the range.
-    fn auto_split(&mut self, range_id: u64, key: Bytes) {
-        let Some(peer) = self.store.peer(range_id) else {
-            return;
-        };
+    fn auto_split(&mut self, range_id: u64, epoch: Option<RangeEpoch>, key: Bytes) {
+        // The epoch measured: if the range changed since, the split is refused (EpochNotMatch)
+        // rather than cut at a point chosen for another range.
         let header = CommandHeader {
             range_id,
-            epoch: peer.applier().descriptor().epoch,
+            epoch,
             ..CommandHeader::default()
         };
         let admin = AdminRequest {
