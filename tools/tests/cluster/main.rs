@@ -922,3 +922,33 @@ async fn a_range_past_the_split_size_splits_by_itself() {
     assert_eq!(all.len(), 120);
     cluster.stop_all().await;
 }
+
+/// A split retried with the same `(client_id, seq)` (its answer was lost) gets the recorded
+/// answer, although the range's epoch moved on and the split key is now a range's start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_split_gets_its_recorded_answer() {
+    let mut cluster = Cluster::start(3).await;
+    let mut split = put_command("unused", "", 77, 1);
+    split.request = None;
+    split.admin = Some(flotilla_transport::kv::AdminRequest {
+        request: Some(flotilla_transport::kv::admin_request::Request::Split(
+            flotilla_transport::kv::SplitRequest {
+                split_key: "m".into(),
+            },
+        )),
+    });
+    let first = raw_write(&cluster, &split).await;
+    assert!(
+        matches!(first.response, Some(write_response::Response::Split(_))),
+        "{first:?}"
+    );
+    let again = raw_write(&cluster, &split).await;
+    assert_eq!(again, first, "a retry must get the recorded answer");
+    for id in cluster.ids() {
+        eventually("the split applied everywhere", || async {
+            (cluster.node(id).ranges().await.len() == 3).then_some(())
+        })
+        .await;
+    }
+    cluster.stop_all().await;
+}
