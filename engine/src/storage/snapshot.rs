@@ -360,7 +360,7 @@ impl ReceivedSnapshot {
     ///
     /// # Errors
     /// [`EngineError::Snapshot`] naming the overlapping range.
-    pub(crate) fn check_no_overlap(&self, engine: &Engine) -> Result<(), EngineError> {
+    pub fn check_no_overlap(&self, engine: &Engine) -> Result<(), EngineError> {
         let desc = self.descriptor();
         let (start, end) = keys::data_span(desc);
         for id in engine.range_ids()? {

@@ -19,7 +19,7 @@ use prost::Message as _;
 use super::peer::{Peer, PeerError, RoundOutput};
 use crate::kv::{check_command, check_range, Applied, KvConfig, KvError};
 use crate::raft::{Config, ProposeError, ReadState, Role};
-use crate::storage::{Engine, LogBatch};
+use crate::storage::{Engine, LogBatch, RangeLog, ReceivedSnapshot};
 
 /// What one round produced.
 #[derive(Debug, Default)]
@@ -295,6 +295,41 @@ impl Store {
             }
             None => Ok(false),
         }
+    }
+
+    /// Creates an empty replica of the range a snapshot carries (its log at index 0, the
+    /// snapshot's membership), so the snapshot can be stepped into it: how a replica that
+    /// missed a split learns of the range the split created. Refused (false) unless the
+    /// snapshot's descriptor names this node and the range is unknown here.
+    ///
+    /// # Errors
+    /// [`PeerError`] when the disk fails.
+    pub fn create_for_snapshot(&mut self, data: &ReceivedSnapshot) -> Result<bool, PeerError> {
+        let descriptor = data.descriptor();
+        if self.peers.contains_key(&descriptor.id)
+            || self.engine.descriptor(descriptor.id)?.is_some()
+            || !descriptor
+                .replicas
+                .iter()
+                .any(|r| r.node_id == self.node_id)
+        {
+            return Ok(false);
+        }
+        let initial = SnapshotMetadata {
+            index: 0,
+            term: 0,
+            conf_state: data.metadata().conf_state.clone(),
+        };
+        let mut batch = LogBatch::new();
+        RangeLog::create(&self.engine, &mut batch, descriptor, &initial)?;
+        batch.commit(&self.engine)?;
+        self.add_peer(descriptor, None)?;
+        tracing::info!(
+            node = self.node_id,
+            range = descriptor.id,
+            "replica created for an incoming snapshot"
+        );
+        Ok(true)
     }
 
     /// Opens the replicas of ranges a split of `parent` created. Where `parent` is led from

@@ -775,6 +775,24 @@ impl Poller {
                 self.store.step(range_id, message)?;
             }
             Command::Snapshot(range_id, message, data) => {
+                // A snapshot whose span overlaps another range here (a split this replica has
+                // not caught up with yet) waits: the leader sends it again later.
+                if let Err(e) = data.check_no_overlap(self.store.engine()) {
+                    tracing::info!(node = self.config.node_id, range = range_id, error = %e,
+                        "snapshot deferred");
+                    return Ok(true);
+                }
+                if self.store.peer(range_id).is_none() {
+                    // A range split off while this replica was behind: it never applied the
+                    // split, so the range comes to it as a snapshot. Create it from that.
+                    if !self.store.create_for_snapshot(&data)? {
+                        return Ok(true);
+                    }
+                    self.shared.routes.write().insert(range_id, self.index);
+                    let due =
+                        Instant::now() + phase(self.config.node_id, range_id, self.config.tick);
+                    self.ticks.push(Reverse((due, range_id)));
+                }
                 self.store.wake(range_id);
                 if let Some(peer) = self.store.peer_mut(range_id) {
                     match peer.step_snapshot(message, *data) {

@@ -168,13 +168,27 @@ impl Cluster {
         key: &str,
         consistency: ReadConsistency,
     ) -> Result<Option<Bytes>, flotilla_engine::store::RequestError> {
+        let epoch = flotilla_transport::meta::RangeEpoch {
+            version: 1,
+            conf_ver: 1,
+        };
+        self.read_range_on(id, FIRST_USER_RANGE, epoch, key, consistency)
+            .await
+    }
+
+    /// Reads `key` from node `id`'s replica of `range_id` at `epoch`.
+    pub async fn read_range_on(
+        &self,
+        id: u64,
+        range_id: u64,
+        epoch: flotilla_transport::meta::RangeEpoch,
+        key: &str,
+        consistency: ReadConsistency,
+    ) -> Result<Option<Bytes>, flotilla_engine::store::RequestError> {
         let handle = self.node(id).handle().expect("running").clone();
         let request = ReadRequest {
-            range_id: FIRST_USER_RANGE,
-            epoch: Some(flotilla_transport::meta::RangeEpoch {
-                version: 1,
-                conf_ver: 1,
-            }),
+            range_id,
+            epoch: Some(epoch),
             consistency: consistency as i32,
             request: Some(read_request::Request::Get(GetRequest {
                 key: Bytes::copy_from_slice(key.as_bytes()),
