@@ -325,40 +325,17 @@ impl Node {
         self.handle().is_none_or(RuntimeHandle::is_halted)
     }
 
-    /// Leaderships this node holds; `None` when a poller did not answer by `deadline`.
-    async fn leaders(&self, deadline: Instant) -> Option<u64> {
-        let handle = self.handle()?;
-        let answers = handle.on_every_store(|store| {
-            let ids: Vec<u64> = store.range_ids().collect();
-            ids.into_iter()
-                .filter(|&r| {
-                    store
-                        .peer_mut(r)
-                        .is_some_and(|p| p.raft().status().role == Role::Leader)
-                })
-                .count() as u64
-        });
-        let mut total = 0;
-        for answer in answers {
-            total += tokio::time::timeout_at(deadline.into(), answer)
-                .await
-                .ok()?
-                .ok()?;
-        }
-        Some(total)
-    }
-
     /// Hands every leadership of this node to another voter whose node is up. Returns how
-    /// many leaderships had somewhere to go.
-    async fn transfer_leaderships(&self, deadline: Instant) -> u64 {
-        let Some(handle) = self.handle() else {
-            return 0;
-        };
+    /// many leaderships the node holds and how many of them had somewhere to go, counted in
+    /// the same pass (so a transfer that completes meanwhile is not miscounted); `None` when
+    /// a poller did not answer by `deadline`.
+    async fn transfer_leaderships(&self, deadline: Instant) -> Option<Leaderships> {
+        let handle = self.handle()?;
         let transport = self.transport.clone();
         let me = self.node_id;
         let answers = handle.on_every_store(move |store| {
             let ids: Vec<u64> = store.range_ids().collect();
-            let mut movable = 0u64;
+            let mut counts = Leaderships::default();
             for range_id in ids {
                 store.wake(range_id);
                 let Some(peer) = store.peer_mut(range_id) else {
@@ -367,6 +344,7 @@ impl Node {
                 if peer.raft().status().role != Role::Leader {
                     continue;
                 }
+                counts.leading += 1;
                 // The most caught-up voter that is recently active and whose node is up.
                 let voters: Vec<(u64, u64)> = peer
                     .applier()
@@ -380,27 +358,32 @@ impl Node {
                     })
                     .map(|r| (r.replica_id, r.node_id))
                     .collect();
+                // Recently active first (a follower that answered lately takes over fastest);
+                // when check-quorum has just reset the flags, any voter on a node that is up.
                 let target = peer
                     .raft()
                     .follower_progress()
                     .into_iter()
-                    .filter(|(id, _, active)| *active && voters.iter().any(|(v, _)| v == id))
-                    .max_by_key(|(_, matched, _)| *matched)
+                    .filter(|(id, _, _)| voters.iter().any(|(v, _)| v == id))
+                    .max_by_key(|(_, matched, active)| (*active, *matched))
                     .map(|(id, _, _)| id);
                 if let Some(to) = target {
-                    movable += 1;
+                    counts.movable += 1;
                     let _ = peer.raft().transfer_leader(to);
                 }
             }
-            movable
+            counts
         });
-        let mut movable = 0;
+        let mut total = Leaderships::default();
         for answer in answers {
-            if let Ok(Ok(n)) = tokio::time::timeout_at(deadline.into(), answer).await {
-                movable += n;
-            }
+            let counts = tokio::time::timeout_at(deadline.into(), answer)
+                .await
+                .ok()?
+                .ok()?;
+            total.leading += counts.leading;
+            total.movable += counts.movable;
         }
-        movable
+        Some(total)
     }
 
     /// Stops gracefully: refuses new requests, hands leaderships away, lets requests in
@@ -410,33 +393,31 @@ impl Node {
         self.service.accepting.store(false, Ordering::Relaxed);
         let mut poll = tokio::time::interval(Duration::from_millis(20));
         let report = loop {
-            // A poller that does not answer counts as still leading.
-            let leaders = self.leaders(deadline).await.unwrap_or(u64::MAX);
+            // A poller that does not answer counts as still leading, with nowhere to go.
+            let counts = self
+                .transfer_leaderships(deadline)
+                .await
+                .unwrap_or(Leaderships {
+                    leading: u64::MAX,
+                    movable: 0,
+                });
             let pending = self.handle().map_or(0, RuntimeHandle::pending_requests);
-            if (leaders == 0 && pending == 0) || Instant::now() >= deadline {
-                if leaders > 0 || pending > 0 {
+            let done = counts.leading == 0 && pending == 0;
+            // The last node up has nowhere to hand its leaderships: it only waits for requests.
+            let stuck = counts.movable == 0 && pending == 0;
+            let late = Instant::now() >= deadline;
+            if done || stuck || late {
+                if !done {
                     tracing::warn!(
                         node = self.node_id,
-                        leaders,
+                        leaders = counts.leading,
                         pending,
-                        "shutdown timeout: stopping with leaderships or requests left"
+                        "stopping with leaderships or requests left"
                     );
                 }
                 break ShutdownReport {
-                    leaders_left: leaders,
+                    leaders_left: counts.leading,
                     requests_left: pending,
-                };
-            }
-            // The last node up has nowhere to hand its leaderships: it only waits for requests.
-            let movable = if leaders > 0 {
-                self.transfer_leaderships(deadline).await
-            } else {
-                0
-            };
-            if movable == 0 && pending == 0 {
-                break ShutdownReport {
-                    leaders_left: leaders,
-                    requests_left: 0,
                 };
             }
             poll.tick().await;
@@ -456,6 +437,13 @@ impl Node {
         self.transport.shutdown().await;
         tracing::info!(node = self.node_id, "node stopped");
     }
+}
+
+/// Leaderships a node holds while it shuts down.
+#[derive(Debug, Default, Clone, Copy)]
+struct Leaderships {
+    leading: u64,
+    movable: u64,
 }
 
 /// A [`flotilla_transport::Sink`] whose target is set once the runtime is up; traffic that
