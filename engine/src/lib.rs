@@ -2,6 +2,7 @@
 //! storage on RocksDB, the key-value state machine, and the first piece of the store runtime.
 #![forbid(unsafe_code)]
 
+pub mod check;
 pub mod kv;
 pub mod node;
 pub mod raft;

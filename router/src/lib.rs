@@ -15,6 +15,7 @@ pub use self::client::Client;
 pub use self::config::ClientConfig;
 pub use self::error::ClientError;
 pub use flotilla_transport::kv::{
-    Compare, KeyValue, TxnOp, TxnOpResponse, TxnRequest, TxnResponse, WriteResponse,
+    Compare, ErrorCode, KeyValue, ReplicaChangeKind, TxnOp, TxnOpResponse, TxnRequest, TxnResponse,
+    WriteResponse,
 };
 pub use flotilla_transport::service::ReadConsistency;

@@ -160,6 +160,7 @@ pub async fn up(o: UpOptions) -> anyhow::Result<()> {
             listen: endpoints[(id - 1) as usize].clone(),
             initial_cluster: initial_cluster.clone(),
             initial_ranges: o.ranges,
+            join: false,
             metrics_addr: format!("127.0.0.1:{}", u64::from(o.metrics_base_port) + id - 1),
             tls: crate::config::TlsFiles {
                 ca: "../certs/ca.pem".into(),

@@ -36,6 +36,10 @@ initial-cluster = ""
 # User ranges a new cluster starts with: the keyspace pre-split at evenly spaced two-byte key
 # prefixes (1-65536). Must be the same on every initial member; ignored after bootstrap.
 initial-ranges = 1
+# Not an initial member: start with no range and receive replicas from the cluster (an
+# operator adds them with `replica add`). `initial-cluster` still names the members to reach
+# and this node; the members learn this node's address when it is added.
+join = false
 # Where Prometheus scrapes this node's metrics (HTTP); empty: no metrics endpoint.
 metrics-addr = ""
 # Log filter (tracing's env-filter syntax; RUST_LOG overrides) and format: "text" or "json".
@@ -103,6 +107,7 @@ pub struct ServerConfig {
     pub listen: String,
     pub initial_cluster: String,
     pub initial_ranges: u32,
+    pub join: bool,
     pub metrics_addr: String,
     pub log_filter: String,
     pub log_format: String,
@@ -169,6 +174,7 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:7001".into(),
             initial_cluster: String::new(),
             initial_ranges: 1,
+            join: false,
             metrics_addr: String::new(),
             log_filter: "info".into(),
             log_format: "text".into(),
@@ -356,6 +362,7 @@ impl ServerConfig {
             initial_cluster,
             shutdown_timeout: Duration::from_millis(self.store.shutdown_timeout_ms),
             initial_ranges: self.initial_ranges,
+            join: self.join,
         };
         config.validate().map_err(|e| anyhow!("{e}"))?;
         Ok(config)

@@ -10,7 +10,9 @@
 
 use std::sync::Arc;
 
-use flotilla_transport::kv::{admin_request, AdminRequest, CommandHeader, SplitResponse};
+use flotilla_transport::kv::{
+    admin_request, AdminRequest, ChangeReplicasResponse, CommandHeader, SplitResponse,
+};
 use flotilla_transport::kv::{
     txn_op, txn_op_response, write_request, write_response, Compare, CompareOp, CompareTarget,
     DeleteRangeResponse, DeleteResponse, GetResponse, KeyValue, PutResponse, RaftCommand,
@@ -49,6 +51,8 @@ pub struct RangeApplier {
     splits: Vec<(SplitPlan, Vec<SessionRecord>)>,
     /// Ranges split off by the last `apply`, for the store to open.
     created: Vec<RangeDescriptor>,
+    /// The descriptor changed in the batch being applied (a membership change).
+    descriptor_changed: bool,
 }
 
 fn error_response(index: u64, e: &KvError) -> WriteResponse {
@@ -90,6 +94,7 @@ impl RangeApplier {
             config,
             splits: Vec::new(),
             created: Vec::new(),
+            descriptor_changed: false,
         })
     }
 
@@ -129,12 +134,21 @@ impl RangeApplier {
         // leaves it where the disk is.
         let before = (self.state.clone(), self.descriptor.clone());
         self.splits.clear();
+        self.descriptor_changed = false;
         let result = self
             .apply_batch(&mut overlay, entries, conf_state)
             .and_then(|out| {
                 let mut batch = LogBatch::new();
                 overlay.flush(batch.raw());
                 let created = self.stage_splits(&mut batch)?;
+                if self.descriptor_changed && self.splits.is_empty() {
+                    engine.put_record(
+                        batch.raw(),
+                        Cf::Meta,
+                        &keys::descriptor_key(self.descriptor.id),
+                        &self.descriptor,
+                    );
+                }
                 engine.put_record(
                     batch.raw(),
                     Cf::Meta,
@@ -230,6 +244,8 @@ impl RangeApplier {
             );
             if e.entry_type == EntryType::Normal as i32 && !e.data.is_empty() {
                 out.push(self.apply_command(overlay, e)?);
+            } else if e.entry_type == EntryType::ConfChange as i32 {
+                out.extend(self.apply_membership(e));
             }
             self.state.applied_index = e.index;
             self.state.applied_term = e.term;
@@ -238,9 +254,41 @@ impl RangeApplier {
             }
         }
         if let Some(cs) = conf_state {
+            debug_assert_eq!(
+                self.state.conf_state.as_ref(),
+                Some(cs),
+                "range {}: the descriptor's membership and Raft's differ",
+                self.descriptor.id
+            );
             self.state.conf_state = Some(cs.clone());
         }
         Ok(out)
+    }
+
+    /// A committed membership change: the descriptor follows Raft's membership (the same
+    /// pure function of the log on every replica). An entry the core skips changes nothing
+    /// and answers nothing (its proposer hears it was dropped).
+    fn apply_membership(&mut self, e: &Entry) -> Option<Applied> {
+        let current = self.state.conf_state.clone().unwrap_or_default();
+        let (descriptor, conf_state) =
+            super::replicas::apply_change(&self.descriptor, &current, e)?;
+        self.descriptor = descriptor;
+        self.state.conf_state = Some(conf_state);
+        self.descriptor_changed = true;
+        Some(Applied {
+            index: e.index,
+            term: e.term,
+            client_id: 0,
+            seq: 0,
+            response: WriteResponse {
+                revision: e.index,
+                response: Some(write_response::Response::ChangeReplicas(
+                    ChangeReplicasResponse {
+                        descriptor: Some(self.descriptor.clone()),
+                    },
+                )),
+            },
+        })
     }
 
     fn apply_command(
@@ -324,6 +372,17 @@ impl RangeApplier {
         check_range(&self.descriptor, header.range_id, header.epoch.as_ref())?;
         match admin.request {
             Some(admin_request::Request::Split(split)) => {
+                if self
+                    .state
+                    .conf_state
+                    .as_ref()
+                    .is_some_and(|cs| !cs.voters_outgoing.is_empty())
+                {
+                    return Err(KvError::NotReady(format!(
+                        "range {} is changing its replicas",
+                        self.descriptor.id
+                    )));
+                }
                 let plan = plan_split(&self.descriptor, &split.split_key, e.index, e.term)?;
                 self.descriptor = plan.left.clone();
                 let response = WriteResponse {
@@ -335,7 +394,12 @@ impl RangeApplier {
                 };
                 Ok((response, Some(plan)))
             }
-            None => Err(KvError::Malformed("unknown admin operation".into())),
+            // Replica changes travel as membership entries and leader transfers not at all.
+            Some(
+                admin_request::Request::ChangeReplicas(_)
+                | admin_request::Request::TransferLeader(_),
+            )
+            | None => Err(KvError::Malformed("unknown admin operation".into())),
         }
     }
 

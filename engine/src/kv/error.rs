@@ -47,6 +47,10 @@ pub enum KvError {
     Timeout,
     #[error("range {range_id}: leadership changed before the write committed; it did not apply")]
     ProposalDropped { range_id: u64 },
+    #[error("not ready: {0}")]
+    NotReady(String),
+    #[error("invalid change: {0}")]
+    InvalidChange(String),
 }
 
 impl KvError {
@@ -66,6 +70,8 @@ impl KvError {
             KvError::ServerBusy(_) => ErrorCode::ServerBusy,
             KvError::Timeout => ErrorCode::Timeout,
             KvError::ProposalDropped { .. } => ErrorCode::ProposalDropped,
+            KvError::NotReady(_) => ErrorCode::NotReady,
+            KvError::InvalidChange(_) => ErrorCode::InvalidChange,
         }
     }
 

@@ -24,7 +24,7 @@ fn splitmix(mut x: u64) -> u64 {
 }
 
 /// A derived id: bit 62 set (above every bootstrap id), never 0.
-fn derived_id(a: u64, b: u64) -> u64 {
+pub(super) fn derived_id(a: u64, b: u64) -> u64 {
     (splitmix(splitmix(a) ^ b) >> 2) | (1 << 62)
 }
 

@@ -46,6 +46,9 @@ pub struct NodeConfig {
     pub shutdown_timeout: Duration,
     /// User ranges a new cluster starts with (a pre-split of the keyspace); 1 by default.
     pub initial_ranges: u32,
+    /// Not an initial member: no bootstrap; the node receives its replicas from the cluster
+    /// (replica changes) and the members learn its address by [`Node::add_peer`].
+    pub join: bool,
 }
 
 impl NodeConfig {
@@ -139,6 +142,13 @@ impl std::fmt::Debug for Node {
     }
 }
 
+/// A bootstrapped range's log starts after this index (its state up to here is the empty
+/// range, as if from a snapshot, like TiKV's initial index 5): a replica added later, whose
+/// log is empty, cannot be sent entries from index 1 and gets a snapshot that creates it.
+pub const BOOTSTRAP_LOG_INDEX: u64 = 5;
+/// The term of [`BOOTSTRAP_LOG_INDEX`].
+pub const BOOTSTRAP_LOG_TERM: u64 = 5;
+
 /// Replica ids are unique cluster-wide; bootstrap derives them from range and node.
 pub fn bootstrap_replica_id(range_id: u64, node_id: u64) -> u64 {
     (range_id << 32) | node_id
@@ -212,8 +222,8 @@ pub fn bootstrap(engine: &Engine, members: &[u64], user_ranges: u32) -> Result<b
     for (range_id, start, end) in ranges {
         let descriptor = bootstrap_descriptor(range_id, &start, &end, members);
         let initial = SnapshotMetadata {
-            index: 0,
-            term: 0,
+            index: BOOTSTRAP_LOG_INDEX,
+            term: BOOTSTRAP_LOG_TERM,
             conf_state: Some(ConfState {
                 voters: descriptor.replicas.iter().map(|r| r.replica_id).collect(),
                 ..ConfState::default()
@@ -236,7 +246,7 @@ impl Node {
         let node_id = config.transport.node_id;
         let engine = Engine::open(&config.engine)?;
         let members: Vec<u64> = config.initial_cluster.keys().copied().collect();
-        if bootstrap(&engine, &members, config.initial_ranges)? {
+        if !config.join && bootstrap(&engine, &members, config.initial_ranges)? {
             tracing::info!(
                 node = node_id,
                 ?members,
@@ -267,7 +277,7 @@ impl Node {
         let service = Arc::new(Service {
             cluster_id: config.transport.cluster_id.clone(),
             node_id,
-            addresses: config.initial_cluster.clone(),
+            addresses: parking_lot::RwLock::new(config.initial_cluster.clone()),
             handle: runtime.handle().clone(),
             engine: engine.clone(),
             accepting: AtomicBool::new(true),
@@ -295,6 +305,14 @@ impl Node {
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.transport.local_addr()
+    }
+
+    /// Learns where node `node_id` listens (a node that joined after the initial members).
+    pub fn add_peer(&self, node_id: u64, addr: SocketAddr) {
+        if node_id != self.node_id {
+            self.transport.add_peer(node_id, addr);
+        }
+        self.service.addresses.write().insert(node_id, addr);
     }
 
     pub fn engine(&self) -> &Arc<Engine> {

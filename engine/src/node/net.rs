@@ -102,10 +102,10 @@ pub(crate) struct NodeSink {
 }
 
 impl Sink for NodeSink {
-    fn raft_messages(&self, _from_node: u64, messages: Vec<RangeMessage>) {
+    fn raft_messages(&self, from_node: u64, messages: Vec<RangeMessage>) {
         for m in messages {
             if let Some(message) = m.message {
-                self.handle.deliver(m.range_id, message);
+                self.handle.deliver(m.range_id, from_node, message);
             }
         }
     }

@@ -39,7 +39,7 @@ const ANSWER_MARGIN: Duration = Duration::from_millis(50);
 pub(crate) struct Service {
     pub(crate) cluster_id: String,
     pub(crate) node_id: u64,
-    pub(crate) addresses: BTreeMap<u64, SocketAddr>,
+    pub(crate) addresses: parking_lot::RwLock<BTreeMap<u64, SocketAddr>>,
     pub(crate) handle: RuntimeHandle,
     pub(crate) engine: Arc<Engine>,
     pub(crate) accepting: AtomicBool,
@@ -125,7 +125,7 @@ impl Service {
             ..
         } = error
         {
-            if let Some(addr) = self.addresses.get(node) {
+            if let Some(addr) = self.addresses.read().get(node) {
                 wire.leader_addr = addr.to_string();
             }
         }
@@ -235,17 +235,19 @@ impl Service {
     }
 
     async fn cluster_info(&self) -> ClusterInfo {
+        let nodes = self
+            .addresses
+            .read()
+            .iter()
+            .map(|(id, addr)| NodeInfo {
+                node_id: *id,
+                addr: addr.to_string(),
+            })
+            .collect();
         ClusterInfo {
             cluster_id: self.cluster_id.clone(),
             node_id: self.node_id,
-            nodes: self
-                .addresses
-                .iter()
-                .map(|(id, addr)| NodeInfo {
-                    node_id: *id,
-                    addr: addr.to_string(),
-                })
-                .collect(),
+            nodes,
             ranges: self.ranges().await,
         }
     }

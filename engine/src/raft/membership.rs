@@ -173,7 +173,10 @@ mod tests {
     }
 
     fn cc(changes: Vec<flotilla_transport::raft::ConfChangeSingle>) -> ConfChange {
-        ConfChange { changes }
+        ConfChange {
+            changes,
+            ..ConfChange::default()
+        }
     }
 
     fn set(ids: &[u64]) -> BTreeSet<u64> {

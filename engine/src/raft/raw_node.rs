@@ -553,6 +553,12 @@ impl<S: LogStore> RawNode<S> {
         }))
     }
 
+    /// Whether a membership change is proposed (or inherited by this leader) and not applied:
+    /// until it is, a replica outside the membership may be one the change adds.
+    pub fn has_pending_conf_change(&self) -> bool {
+        self.raft.pending_conf_index > self.raft.log.applied
+    }
+
     /// On a leader: `(replica id, matched index, recently active)` of every other member,
     /// what a leadership transfer picks its target by. Empty on followers.
     pub fn follower_progress(&self) -> Vec<(u64, u64, bool)> {

@@ -350,6 +350,48 @@ impl Engine {
         )
     }
 
+    /// The replica of `range_id` this node removed, if any (its tombstone).
+    ///
+    /// # Errors
+    /// [`EngineError::Corruption`] if it fails its checksum, [`EngineError::Rocks`].
+    pub fn tombstone(&self, range_id: u64) -> Result<Option<u64>, EngineError> {
+        let t: Option<flotilla_transport::meta::RangeTombstone> = self.read_record(
+            Cf::Meta,
+            &keys::tombstone_key(range_id),
+            range_id,
+            "tombstone",
+        )?;
+        Ok(t.map(|t| t.replica_id))
+    }
+
+    /// Deletes every row of the replica `replica_id` of `descriptor` on this node (its log,
+    /// Raft state, descriptor, apply state, sessions and data) and leaves a tombstone, in one
+    /// synced write. The caller has made sure no other local range owns rows in its span.
+    ///
+    /// # Errors
+    /// [`EngineError`] when the write fails.
+    pub fn destroy_range(
+        &self,
+        descriptor: &RangeDescriptor,
+        replica_id: u64,
+    ) -> Result<(), EngineError> {
+        let range_id = descriptor.id;
+        let mut batch = WriteBatch::default();
+        let (start, end) = keys::meta_span(range_id);
+        let end = end.map_or_else(|| vec![0xff; 9], |e| e.to_vec());
+        batch.delete_range_cf(self.cf(Cf::Raft), start.as_slice(), end.as_slice());
+        batch.delete_range_cf(self.cf(Cf::Meta), start.as_slice(), end.as_slice());
+        let (data_start, data_end) = keys::data_span(descriptor);
+        batch.delete_range_cf(self.cf(Cf::Data), data_start, data_end);
+        self.put_record(
+            &mut batch,
+            Cf::Meta,
+            &keys::tombstone_key(range_id),
+            &flotilla_transport::meta::RangeTombstone { replica_id },
+        );
+        self.write_synced(batch)
+    }
+
     pub(crate) fn put_record<M: prost::Message>(
         &self,
         batch: &mut WriteBatch,

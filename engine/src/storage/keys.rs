@@ -14,6 +14,7 @@ const TRUNCATED_TAG: u8 = b't';
 const DESCRIPTOR_TAG: u8 = b'd';
 const APPLY_STATE_TAG: u8 = b'a';
 const SESSION_TAG: u8 = b's';
+const TOMBSTONE_TAG: u8 = b'x';
 
 /// The node identity row in `meta` (shorter than every range key, and never 9 bytes long).
 pub const IDENTITY_KEY: &[u8] = b"n";
@@ -96,6 +97,11 @@ pub fn parse_descriptor_key(key: &[u8]) -> Option<u64> {
 /// `meta`: the apply state of `range_id`.
 pub fn apply_state_key(range_id: u64) -> [u8; 9] {
     range_key(range_id, APPLY_STATE_TAG)
+}
+
+/// `meta`: the tombstone of a replica of `range_id` removed from this node.
+pub fn tombstone_key(range_id: u64) -> [u8; 9] {
+    range_key(range_id, TOMBSTONE_TAG)
 }
 
 /// `meta`: the session of `client_id` in `range_id`.

@@ -8,7 +8,7 @@ mod replicas;
 mod runtime;
 
 pub use self::peer::{prepare_snapshot, Peer, PeerError, RoundOutput};
-pub use self::replicas::{Command, Outcome, ProposeRefused, Store, StoreRound, Ticket};
+pub use self::replicas::{Command, Outcome, Proposal, ProposeRefused, Store, StoreRound, Ticket};
 pub use self::runtime::{
     Network, ReadResult, RequestError, Runtime, RuntimeConfig, RuntimeError, RuntimeHandle,
     SnapshotBuild, WriteResult,

@@ -11,14 +11,17 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use flotilla_transport::kv::{AdminRequest, CommandHeader, RaftCommand, WriteRequest};
+use flotilla_transport::kv::{
+    admin_request, write_response, AdminRequest, ChangeReplicasResponse, CommandHeader,
+    RaftCommand, TransferLeaderResponse, WriteRequest, WriteResponse,
+};
 use flotilla_transport::meta::RangeDescriptor;
 use flotilla_transport::raft::{Message, MessageType, SnapshotMetadata};
 use prost::Message as _;
 
 use super::peer::{Peer, PeerError, RoundOutput};
-use crate::kv::{check_command, check_range, Applied, KvConfig, KvError};
-use crate::raft::{Config, ProposeError, ReadState, Role};
+use crate::kv::{check_command, check_range, plan_change, Applied, KvConfig, KvError, LeaderView};
+use crate::raft::{ConfChangeError, Config, ProposeError, ReadState, Role};
 use crate::storage::{Engine, LogBatch, RangeLog, ReceivedSnapshot};
 
 /// What one round produced.
@@ -39,6 +42,20 @@ pub struct StoreRound {
     pub more: bool,
     /// Ranges created by splits in this round (now hosted by this store).
     pub created: Vec<u64>,
+    /// Ranges whose replica here was removed in this round (its data is deleted).
+    pub removed: Vec<u64>,
+}
+
+/// How far behind the leader's commit index a learner may be and still be promoted.
+const PROMOTE_MAX_LAG_ENTRIES: u64 = 64;
+
+/// What became of a proposal.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Proposal {
+    /// Appended: it ends when its index applies.
+    Pending(Ticket),
+    /// Answered without an entry (a replica change already in effect, a leader transfer).
+    Answered(Box<WriteResponse>),
 }
 
 /// Why a write was not proposed. Nothing was appended; the client may act on each.
@@ -100,6 +117,29 @@ fn recorded(engine: &Engine, range_id: u64, header: &CommandHeader) -> Result<bo
     Ok(session.is_some_and(|s| s.responses.iter().any(|c| c.seq == header.seq)))
 }
 
+/// Whether `m` comes from a replica that this leader's settled membership no longer has (so a
+/// change removed it), rather than from a newer configuration (whose term would be past ours).
+fn is_removed_sender(peer: &mut Peer, m: &Message) -> bool {
+    if m.from == 0 || peer.raft().has_pending_conf_change() {
+        return false;
+    }
+    let status = peer.raft().status();
+    // A pre-vote carries the term its sender would campaign at.
+    let term = if m.msg_type == MessageType::RequestPreVote as i32 {
+        m.term.saturating_sub(1)
+    } else {
+        m.term
+    };
+    status.role == Role::Leader
+        && term <= status.term
+        && !peer
+            .applier()
+            .descriptor()
+            .replicas
+            .iter()
+            .any(|r| r.replica_id == m.from)
+}
+
 /// The replicas hosted by one node.
 pub struct Store {
     engine: Arc<Engine>,
@@ -113,6 +153,9 @@ pub struct Store {
     pending: BTreeMap<(u64, u64), u64>,
     /// Quiet ranges woken since the caller last asked (it ticks them again).
     woken: Vec<u64>,
+    /// Messages made outside a round (answers for replicas this node does not host,
+    /// tombstones), sent with the next round's.
+    extra: BTreeMap<u64, Vec<(u64, Message)>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -160,6 +203,7 @@ impl Store {
             nodes_of_replicas: BTreeMap::new(),
             pending: BTreeMap::new(),
             woken: Vec::new(),
+            extra: BTreeMap::new(),
         };
         for range_id in engine.range_ids()?.into_iter().filter(|r| hosts(*r)) {
             let descriptor = engine
@@ -271,30 +315,133 @@ impl Store {
         Ok(())
     }
 
-    /// Hands a message to the replica of `range_id`. Messages for ranges this node does not
-    /// host are dropped (the sender retries; creating replicas is placement's job).
+    /// Hands a message from `from_node` to the replica of `range_id`.
+    ///
+    /// A message for a range this node does not host gets the answer a replica with an empty
+    /// log would give (so a leader that just added a replica here sends it a snapshot, which
+    /// creates it), unless this node removed that replica. A leader hearing from a replica its
+    /// settled membership no longer has answers with a tombstone.
     ///
     /// # Errors
     /// [`PeerError`] if the replica's storage failed.
-    pub fn step(&mut self, range_id: u64, message: Message) -> Result<bool, PeerError> {
+    pub fn step(
+        &mut self,
+        range_id: u64,
+        from_node: u64,
+        message: Message,
+    ) -> Result<bool, PeerError> {
         if message.msg_type == MessageType::Quiesce as i32 {
             return self.quiesce_follower(range_id, &message);
+        }
+        if message.msg_type == MessageType::Tombstone as i32 {
+            return self.on_tombstone(range_id, &message);
         }
         if self.wakes(range_id, &message) {
             self.wake(range_id);
         }
-        match self.peers.get_mut(&range_id) {
-            Some(peer) => {
-                match peer.raft().step(message) {
-                    Ok(()) => {}
-                    // A malformed message from a peer is refused, not fatal.
-                    Err(crate::raft::Error::InvalidMessage(_)) => return Ok(false),
-                    Err(e) => return Err(e.into()),
-                }
-                Ok(true)
-            }
-            None => Ok(false),
+        let Some(peer) = self.peers.get_mut(&range_id) else {
+            self.answer_for_missing(range_id, from_node, &message)?;
+            return Ok(false);
+        };
+        if is_removed_sender(peer, &message) {
+            let status = peer.raft().status();
+            let tombstone = Message {
+                msg_type: MessageType::Tombstone as i32,
+                to: message.from,
+                from: status.id,
+                term: status.term,
+                ..Message::default()
+            };
+            self.extra
+                .entry(from_node)
+                .or_default()
+                .push((range_id, tombstone));
+            return Ok(false);
         }
+        match peer.raft().step(message) {
+            Ok(()) => {}
+            // A malformed message from a peer is refused, not fatal.
+            Err(crate::raft::Error::InvalidMessage(_)) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
+        Ok(true)
+    }
+
+    /// The answer of a replica that has nothing yet, for a range this node does not host: a
+    /// heartbeat is answered (the leader then probes), an append is rejected down to index 0
+    /// (the leader's log starts later, so it sends a snapshot). Nothing for a replica this node
+    /// removed, and nothing for other messages.
+    fn answer_for_missing(
+        &mut self,
+        range_id: u64,
+        from_node: u64,
+        m: &Message,
+    ) -> Result<(), PeerError> {
+        let kind = MessageType::try_from(m.msg_type).unwrap_or_default();
+        if !matches!(kind, MessageType::Heartbeat | MessageType::Append) || m.to == 0 {
+            return Ok(());
+        }
+        if self.engine.tombstone(range_id)? == Some(m.to) {
+            return Ok(());
+        }
+        let answer = Message {
+            msg_type: if kind == MessageType::Heartbeat {
+                MessageType::HeartbeatResponse as i32
+            } else {
+                MessageType::AppendResponse as i32
+            },
+            to: m.from,
+            from: m.to,
+            term: m.term,
+            reject: kind == MessageType::Append,
+            index: if kind == MessageType::Append {
+                m.index
+            } else {
+                0
+            },
+            ..Message::default()
+        };
+        self.extra
+            .entry(from_node)
+            .or_default()
+            .push((range_id, answer));
+        Ok(())
+    }
+
+    /// A leader says a membership change removed this replica: it deletes its data.
+    fn on_tombstone(&mut self, range_id: u64, m: &Message) -> Result<bool, PeerError> {
+        let Some(peer) = self.peers.get_mut(&range_id) else {
+            return Ok(false);
+        };
+        let status = peer.raft().status();
+        if status.id != m.to || status.role == Role::Leader {
+            return Ok(false);
+        }
+        let descriptor = peer.applier().descriptor().clone();
+        self.destroy(&descriptor, status.id)?;
+        Ok(true)
+    }
+
+    /// Deletes the replica of `descriptor` on this node, with a tombstone for `replica_id`.
+    fn destroy(&mut self, descriptor: &RangeDescriptor, replica_id: u64) -> Result<(), PeerError> {
+        self.peers.remove(&descriptor.id);
+        let gone: Vec<(u64, u64)> = self
+            .pending
+            .range((descriptor.id, 0)..=(descriptor.id, u64::MAX))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in gone {
+            self.pending.remove(&key);
+        }
+        self.engine.destroy_range(descriptor, replica_id)?;
+        metrics::counter!("flotilla_store_replicas_removed_total").increment(1);
+        tracing::info!(
+            node = self.node_id,
+            range = descriptor.id,
+            replica = replica_id,
+            "replica removed from its range: data deleted"
+        );
+        Ok(())
     }
 
     /// Creates an empty replica of the range a snapshot carries (its log at index 0, the
@@ -306,12 +453,16 @@ impl Store {
     /// [`PeerError`] when the disk fails.
     pub fn create_for_snapshot(&mut self, data: &ReceivedSnapshot) -> Result<bool, PeerError> {
         let descriptor = data.descriptor();
+        let Some(mine) = descriptor
+            .replicas
+            .iter()
+            .find(|r| r.node_id == self.node_id)
+        else {
+            return Ok(false);
+        };
         if self.peers.contains_key(&descriptor.id)
             || self.engine.descriptor(descriptor.id)?.is_some()
-            || !descriptor
-                .replicas
-                .iter()
-                .any(|r| r.node_id == self.node_id)
+            || self.engine.tombstone(descriptor.id)? == Some(mine.replica_id)
         {
             return Ok(false);
         }
@@ -485,11 +636,15 @@ impl Store {
         request: WriteRequest,
         now_ms: u64,
     ) -> Result<Ticket, ProposeRefused> {
-        self.propose(header, Command::Write(request), now_ms)
+        match self.propose(header, Command::Write(request), now_ms)? {
+            Proposal::Pending(ticket) => Ok(ticket),
+            Proposal::Answered(_) => unreachable!("a write is always appended"),
+        }
     }
 
     /// Proposes a client command (a write, or an admin command such as a split) to the
-    /// replica of `header.range_id`, checked like [`Store::propose_write`].
+    /// replica of `header.range_id`, checked like [`Store::propose_write`]. Replica changes
+    /// are proposed as membership entries; a leader transfer starts at once.
     ///
     /// # Errors
     /// [`ProposeRefused`] with what the client should do; nothing was appended.
@@ -498,7 +653,7 @@ impl Store {
         mut header: CommandHeader,
         command: Command,
         now_ms: u64,
-    ) -> Result<Ticket, ProposeRefused> {
+    ) -> Result<Proposal, ProposeRefused> {
         let range_id = header.range_id;
         self.wake(range_id);
         let Some(peer) = self.peers.get_mut(&range_id) else {
@@ -519,6 +674,18 @@ impl Store {
                 }
                 (Some(request), None)
             }
+            Command::Admin(AdminRequest {
+                request: Some(admin_request::Request::ChangeReplicas(change)),
+            }) => {
+                check_range(descriptor, range_id, header.epoch.as_ref())?;
+                return self.propose_replica_change(range_id, &change);
+            }
+            Command::Admin(AdminRequest {
+                request: Some(admin_request::Request::TransferLeader(transfer)),
+            }) => {
+                check_range(descriptor, range_id, header.epoch.as_ref())?;
+                return self.transfer_leader(range_id, transfer.node_id);
+            }
             Command::Admin(admin) => {
                 if let Err(e) = check_range(descriptor, header.range_id, header.epoch.as_ref()) {
                     if !recorded(&self.engine, range_id, &header)? {
@@ -537,22 +704,130 @@ impl Store {
         .encode_to_vec()
         .into();
         match peer.raft().propose(data) {
-            Ok((term, index)) => {
-                self.pending.insert((range_id, index), term);
-                Ok(Ticket {
-                    range_id,
-                    term,
-                    index,
-                })
-            }
-            Err(ProposeError::NotLeader { leader }) => Err(ProposeRefused::NotLeader {
-                range_id,
-                leader_node: leader.and_then(|r| self.nodes_of_replicas.get(&r).copied()),
-            }),
+            Ok((term, index)) => Ok(self.track(range_id, term, index)),
+            Err(ProposeError::NotLeader { leader }) => Err(self.not_leader(range_id, leader)),
             Err(e) => Err(ProposeRefused::Busy {
                 range_id,
                 reason: e.to_string(),
             }),
+        }
+    }
+
+    fn track(&mut self, range_id: u64, term: u64, index: u64) -> Proposal {
+        self.pending.insert((range_id, index), term);
+        Proposal::Pending(Ticket {
+            range_id,
+            term,
+            index,
+        })
+    }
+
+    fn not_leader(&self, range_id: u64, leader: Option<u64>) -> ProposeRefused {
+        ProposeRefused::NotLeader {
+            range_id,
+            leader_node: leader.and_then(|r| self.nodes_of_replicas.get(&r).copied()),
+        }
+    }
+
+    /// A replica change: planned against the leader's applied descriptor and membership (no
+    /// other change can come between: one is pending at a time), proposed as one membership
+    /// entry. A change in effect already is answered with the descriptor as it is.
+    fn propose_replica_change(
+        &mut self,
+        range_id: u64,
+        change: &flotilla_transport::kv::ChangeReplicasRequest,
+    ) -> Result<Proposal, ProposeRefused> {
+        let Some(peer) = self.peers.get_mut(&range_id) else {
+            return Err(KvError::RangeNotFound(range_id).into());
+        };
+        let status = peer.raft().status();
+        if status.role != Role::Leader {
+            return Err(self.not_leader(range_id, Some(status.leader_id)));
+        }
+        let progress = peer.raft().follower_progress();
+        let caught_up = |replica: u64| {
+            progress.iter().any(|&(id, matched, active)| {
+                id == replica && active && matched + PROMOTE_MAX_LAG_ENTRIES >= status.committed
+            })
+        };
+        let conf_state = peer
+            .applier()
+            .apply_state()
+            .conf_state
+            .clone()
+            .unwrap_or_default();
+        let view = LeaderView {
+            leader_replica: status.id,
+            conf_state: &conf_state,
+            caught_up: &caught_up,
+        };
+        let descriptor = peer.applier().descriptor();
+        let Some(cc) = plan_change(descriptor, &view, change)? else {
+            return Ok(Proposal::Answered(Box::new(WriteResponse {
+                revision: peer.applier().applied_index(),
+                response: Some(write_response::Response::ChangeReplicas(
+                    ChangeReplicasResponse {
+                        descriptor: Some(descriptor.clone()),
+                    },
+                )),
+            })));
+        };
+        match peer.raft().propose_conf_change(&cc) {
+            Ok((term, index)) => {
+                tracing::info!(
+                    node = self.node_id,
+                    range = range_id,
+                    ?change,
+                    index,
+                    "replica change proposed"
+                );
+                Ok(self.track(range_id, term, index))
+            }
+            Err(ConfChangeError::NotLeader { leader }) => Err(self.not_leader(range_id, leader)),
+            Err(
+                e @ (ConfChangeError::Pending { .. } | ConfChangeError::TransferInProgress { .. }),
+            ) => Err(KvError::NotReady(format!("range {range_id}: {e}")).into()),
+            Err(e) => Err(KvError::InvalidChange(format!("range {range_id}: {e}")).into()),
+        }
+    }
+
+    /// Starts handing the leadership of `range_id` to its voter on `node_id`.
+    fn transfer_leader(&mut self, range_id: u64, node_id: u64) -> Result<Proposal, ProposeRefused> {
+        let Some(peer) = self.peers.get_mut(&range_id) else {
+            return Err(KvError::RangeNotFound(range_id).into());
+        };
+        let status = peer.raft().status();
+        if status.role != Role::Leader {
+            return Err(self.not_leader(range_id, Some(status.leader_id)));
+        }
+        let answered = Proposal::Answered(Box::new(WriteResponse {
+            revision: status.committed,
+            response: Some(write_response::Response::TransferLeader(
+                TransferLeaderResponse {},
+            )),
+        }));
+        if node_id == self.node_id {
+            return Ok(answered);
+        }
+        let target = peer
+            .applier()
+            .descriptor()
+            .replicas
+            .iter()
+            .find(|r| {
+                r.node_id == node_id
+                    && r.role == flotilla_transport::meta::ReplicaRole::Voter as i32
+            })
+            .map(|r| r.replica_id);
+        let Some(to) = target else {
+            return Err(KvError::InvalidChange(format!(
+                "range {range_id} has no voter on node {node_id}"
+            ))
+            .into());
+        };
+        match peer.raft().transfer_leader(to) {
+            Ok(()) => Ok(answered),
+            Err(e) => Err(KvError::NotReady(format!("range {range_id}: {e}")).into()),
         }
     }
 
@@ -637,6 +912,7 @@ impl Store {
         for (range_id, ready) in readies {
             let peer = self.peers.get_mut(&range_id).expect("staged above");
             let applying = (!ready.committed_entries.is_empty()).then(std::time::Instant::now);
+            let before = peer.applier().descriptor().clone();
             let finished = peer.finish(ready)?;
             if let Some(started) = applying {
                 metrics::histogram!("flotilla_raft_commit_apply_seconds")
@@ -653,7 +929,59 @@ impl Store {
             if !finished.created.is_empty() {
                 self.open_split_ranges(range_id, &finished.created, &mut out)?;
             }
+            self.after_membership(range_id, &before, &mut out)?;
+        }
+        for (node, messages) in std::mem::take(&mut self.extra) {
+            out.outbox.entry(node).or_default().extend(messages);
         }
         Ok(out)
+    }
+
+    /// After a round changed a range's replicas (a membership entry applied, a snapshot
+    /// installed): learn the new replicas' nodes; as the leader, tell the removed replicas; as
+    /// a removed replica, delete this one.
+    fn after_membership(
+        &mut self,
+        range_id: u64,
+        before: &RangeDescriptor,
+        out: &mut StoreRound,
+    ) -> Result<(), PeerError> {
+        let Some(peer) = self.peers.get_mut(&range_id) else {
+            return Ok(());
+        };
+        let after = peer.applier().descriptor();
+        if after.epoch.map(|e| e.conf_ver) == before.epoch.map(|e| e.conf_ver) {
+            return Ok(());
+        }
+        let after = after.clone();
+        let status = peer.raft().status();
+        for r in &after.replicas {
+            self.nodes_of_replicas.insert(r.replica_id, r.node_id);
+        }
+        if !after.replicas.iter().any(|r| r.node_id == self.node_id) {
+            self.destroy(&after, status.id)?;
+            out.removed.push(range_id);
+            return Ok(());
+        }
+        if status.role == Role::Leader {
+            for gone in before
+                .replicas
+                .iter()
+                .filter(|r| !after.replicas.iter().any(|a| a.replica_id == r.replica_id))
+            {
+                let tombstone = Message {
+                    msg_type: MessageType::Tombstone as i32,
+                    to: gone.replica_id,
+                    from: status.id,
+                    term: status.term,
+                    ..Message::default()
+                };
+                out.outbox
+                    .entry(gone.node_id)
+                    .or_default()
+                    .push((range_id, tombstone));
+            }
+        }
+        Ok(())
     }
 }

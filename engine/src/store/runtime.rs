@@ -38,7 +38,9 @@ use flotilla_transport::service::{read_request, read_response, ReadConsistency, 
 use tokio::sync::oneshot;
 
 use super::peer::{prepare_snapshot, PeerError};
-use super::replicas::{Command as StoreCommand, Outcome, ProposeRefused, Store, StoreRound};
+use super::replicas::{
+    Command as StoreCommand, Outcome, Proposal, ProposeRefused, Store, StoreRound,
+};
 use crate::kv::{self, check_range, KvConfig, KvError};
 use crate::raft::{Config, ReadError as RaftReadError, Role};
 use crate::storage::{Engine, ReceivedSnapshot, SnapshotParts};
@@ -142,7 +144,7 @@ pub type WriteResult = Result<WriteResponse, RequestError>;
 pub type ReadResult = Result<read_response::Response, RequestError>;
 
 enum Command {
-    Raft(u64, Message),
+    Raft(u64, u64, Message),
     Snapshot(u64, Message, Box<ReceivedSnapshot>),
     SnapshotDone {
         range_id: u64,
@@ -227,10 +229,10 @@ impl RuntimeHandle {
     }
 
     /// Hands a Raft message to its range. Never blocks: a full mailbox drops it.
-    pub fn deliver(&self, range_id: u64, message: Message) {
+    pub fn deliver(&self, range_id: u64, from_node: u64, message: Message) {
         if self
             .mailbox(range_id)
-            .try_send(Command::Raft(range_id, message))
+            .try_send(Command::Raft(range_id, from_node, message))
             .is_err()
         {
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -630,6 +632,9 @@ impl Poller {
             if work || self.more {
                 let round = self.store.round()?;
                 self.more = round.more;
+                for range_id in &round.removed {
+                    self.shared.routes.write().remove(range_id);
+                }
                 for range_id in &round.created {
                     self.shared.routes.write().insert(*range_id, self.index);
                     let due = now + phase(self.config.node_id, *range_id, self.config.tick);
@@ -771,8 +776,8 @@ impl Poller {
     /// Handles one command; `false` to stop.
     fn handle(&mut self, command: Command) -> Result<bool, PeerError> {
         match command {
-            Command::Raft(range_id, message) => {
-                self.store.step(range_id, message)?;
+            Command::Raft(range_id, from_node, message) => {
+                self.store.step(range_id, from_node, message)?;
             }
             Command::Snapshot(range_id, message, data) => {
                 // A snapshot whose span overlaps another range here (a split this replica has
@@ -885,7 +890,10 @@ impl Poller {
             self.count_written(range_id, prost::Message::encoded_len(request) as u64);
         }
         match self.store.propose(header, operation, now_ms()) {
-            Ok(ticket) => {
+            Ok(Proposal::Answered(response)) => {
+                let _ = reply.send(Ok(*response));
+            }
+            Ok(Proposal::Pending(ticket)) => {
                 metrics::counter!("flotilla_raft_proposals_total").increment(1);
                 let displaced = self.writes.insert(
                     (ticket.range_id, ticket.index),

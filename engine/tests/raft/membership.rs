@@ -9,7 +9,10 @@ use flotilla_engine::raft::{
 use crate::harness::*;
 
 fn change(changes: Vec<flotilla_engine::raft::ConfChangeSingle>) -> ConfChange {
-    ConfChange { changes }
+    ConfChange {
+        changes,
+        ..ConfChange::default()
+    }
 }
 
 fn voters(cs: &ConfState) -> Vec<u64> {

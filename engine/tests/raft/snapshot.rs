@@ -121,6 +121,7 @@ fn learner_catches_up_by_snapshot() {
     c.node(1)
         .propose_conf_change(&ConfChange {
             changes: vec![add_learner(4)],
+            ..ConfChange::default()
         })
         .expect("add learner");
     c.settle();

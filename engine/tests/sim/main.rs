@@ -8,7 +8,7 @@
 //! - `FLOTILLA_SIM_FIRST_SEED=K` starts the range at K (a soak can cover new ground).
 
 mod checker;
-mod linearizability;
+use flotilla_engine::check::linearizability;
 mod network;
 mod node;
 mod world;

@@ -21,9 +21,9 @@ use crate::checker::{Check, Checker};
 
 mod clients;
 mod faults;
-use crate::linearizability::Operation;
 use crate::network::{Fate, Micros, Network, NetworkConfig, TICK_US};
 use crate::node::{Install, Kv, SimNode, Unsynced};
+use flotilla_engine::check::linearizability::Operation;
 
 /// Ticks of chaos, then at most this many ticks for the calm phase to converge.
 const CHAOS_TICKS: u64 = 400;

@@ -80,7 +80,9 @@ fn rounds_with(
         if isolated.is_some_and(|n| n == node || n == from_node) {
             continue;
         }
-        stores[node as usize - 1].step(range, m).expect("step");
+        stores[node as usize - 1]
+            .step(range, from_node, m)
+            .expect("step");
     }
     let mut applied = Vec::new();
     for s in stores.iter_mut() {

@@ -58,12 +58,23 @@ impl Cluster {
 
     /// A cluster whose node configs `configure` adjusts.
     pub async fn start_with(n: u64, configure: impl Fn(&mut NodeConfig)) -> Self {
+        Self::start_joining(n, 0, configure).await
+    }
+
+    /// `n` initial members and `joiners` more nodes (ids after theirs) that start with no
+    /// range; the members know the joiners' addresses, so replicas can be added there.
+    pub async fn start_joining(n: u64, joiners: u64, configure: impl Fn(&mut NodeConfig)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = ClusterCa::generate(CLUSTER).expect("ca");
-        let members: BTreeMap<u64, SocketAddr> = (1..=n)
+        let everyone: BTreeMap<u64, SocketAddr> = (1..=n + joiners)
             .map(|id| (id, SocketAddr::from(([127, 0, 0, 1], free_port()))))
             .collect();
-        let configs: Vec<NodeConfig> = members
+        let members: BTreeMap<u64, SocketAddr> = everyone
+            .iter()
+            .filter(|(id, _)| **id <= n)
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        let configs: Vec<NodeConfig> = everyone
             .iter()
             .map(|(&id, &addr)| {
                 let mut runtime = RuntimeConfig::new(id);
@@ -86,9 +97,14 @@ impl Cluster {
                     transport,
                     runtime,
                     tls: ca.issue_node(id, &[]).expect("node cert"),
-                    initial_cluster: members.clone(),
+                    initial_cluster: if id <= n {
+                        members.clone()
+                    } else {
+                        everyone.clone()
+                    },
                     shutdown_timeout: Duration::from_secs(5),
                     initial_ranges: 1,
+                    join: id > n,
                 };
                 configure(&mut config);
                 config
@@ -100,8 +116,14 @@ impl Cluster {
             configs,
             client_tls: ca.issue_client().expect("client cert"),
         };
-        for id in 1..=n {
+        for id in 1..=n + joiners {
             cluster.restart(id).await;
+        }
+        for joiner in n + 1..=n + joiners {
+            let addr = cluster.addr(joiner);
+            for id in 1..=n {
+                cluster.node(id).add_peer(joiner, addr);
+            }
         }
         cluster
     }

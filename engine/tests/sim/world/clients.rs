@@ -7,8 +7,8 @@ use rand::Rng;
 
 use super::{encode, Done, Event, PendingOp, World, OP_TIMEOUT_US};
 use crate::checker::Check;
-use crate::linearizability::{OpKind, Operation};
 use crate::network::{Micros, TICK_US};
+use flotilla_engine::check::linearizability::{OpKind, Operation};
 
 impl World {
     pub(super) fn serve_reads(&mut self, id: u64) {

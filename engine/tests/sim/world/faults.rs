@@ -272,7 +272,10 @@ impl World {
         let Some(changes) = changes else {
             return Ok(());
         };
-        let cc = ConfChange { changes };
+        let cc = ConfChange {
+            changes,
+            ..ConfChange::default()
+        };
         if let Some(raw) = self.node_mut(leader).raw.as_mut() {
             let outcome = raw.propose_conf_change(&cc);
             self.say(|| format!("leader {leader} proposes {cc:?}: {outcome:?}"));
