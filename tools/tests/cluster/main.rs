@@ -1057,7 +1057,7 @@ async fn moving_a_replica_to_a_fourth_node_under_writes_keeps_the_history_linear
                 let key = (n * 7 + worker) % 5;
                 let name = format!("m{key}");
                 let call = clock.fetch_add(1, Ordering::SeqCst);
-                if n % 2 == 0 {
+                if n.is_multiple_of(2) {
                     let value = worker << 32 | n;
                     let result = client.put(name.as_str(), value.to_string()).await;
                     let ret = result.is_ok().then(|| clock.fetch_add(1, Ordering::SeqCst));
