@@ -747,7 +747,12 @@ impl Store {
         let progress = peer.raft().follower_progress();
         let caught_up = |replica: u64| {
             progress.iter().any(|&(id, matched, active)| {
-                id == replica && active && matched + PROMOTE_MAX_LAG_ENTRIES >= status.committed
+                // A new learner's progress starts active at 0: it has caught up once it
+                // acknowledged something (its snapshot) close to the commit index.
+                id == replica
+                    && active
+                    && matched > 0
+                    && matched + PROMOTE_MAX_LAG_ENTRIES >= status.committed
             })
         };
         let conf_state = peer
