@@ -553,6 +553,11 @@ impl<S: LogStore> RawNode<S> {
         }))
     }
 
+    /// The replica this leader is handing its leadership to, while a transfer is under way.
+    pub fn transferring_to(&self) -> Option<u64> {
+        self.raft.lead_transferee
+    }
+
     /// Whether a membership change is proposed (or inherited by this leader) and not applied:
     /// until it is, a replica outside the membership may be one the change adds.
     pub fn has_pending_conf_change(&self) -> bool {

@@ -46,6 +46,9 @@ pub struct StoreRound {
     pub removed: Vec<u64>,
 }
 
+/// How many election timeouts a leader keeps telling a removed replica it was removed.
+const TOMBSTONE_RESENDS: u64 = 100;
+
 /// How far behind the leader's commit index a learner may be and still be promoted.
 const PROMOTE_MAX_LAG_ENTRIES: u64 = 64;
 
@@ -156,6 +159,28 @@ pub struct Store {
     /// Messages made outside a round (answers for replicas this node does not host,
     /// tombstones), sent with the next round's.
     extra: BTreeMap<u64, Vec<(u64, Message)>>,
+    /// Replicas this node's leaders removed and that have not acknowledged their tombstone
+    /// yet, by range: sent again every election timeout (the range stays awake meanwhile).
+    tombstones: BTreeMap<u64, PendingTombstones>,
+}
+
+/// Removed replicas a leader still has to tell.
+#[derive(Debug, Default)]
+struct PendingTombstones {
+    /// `(replica id, node id)`.
+    replicas: Vec<(u64, u64)>,
+    ticks: u64,
+}
+
+fn tombstone(to: u64, from: u64, term: u64, ack: bool) -> Message {
+    Message {
+        msg_type: MessageType::Tombstone as i32,
+        to,
+        from,
+        term,
+        reject: ack,
+        ..Message::default()
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -204,6 +229,7 @@ impl Store {
             pending: BTreeMap::new(),
             woken: Vec::new(),
             extra: BTreeMap::new(),
+            tombstones: BTreeMap::new(),
         };
         for range_id in engine.range_ids()?.into_iter().filter(|r| hosts(*r)) {
             let descriptor = engine
@@ -300,6 +326,23 @@ impl Store {
     pub fn tick_range(&mut self, range_id: u64) -> Result<(), PeerError> {
         if let Some(peer) = self.peers.get_mut(&range_id) {
             peer.raft().tick()?;
+            if let Some(pending) = self.tombstones.get_mut(&range_id) {
+                let status = peer.raft().status();
+                pending.ticks += 1;
+                let timeout = self.raft.election_timeout_ticks.max(1);
+                if status.role != Role::Leader || pending.ticks > TOMBSTONE_RESENDS * timeout {
+                    // A new leader, or a node away for long: the removed replica learns when
+                    // it campaigns (the leader answers a non-member with a tombstone).
+                    self.tombstones.remove(&range_id);
+                } else if pending.ticks.is_multiple_of(timeout) {
+                    for &(replica, node) in &pending.replicas {
+                        self.extra
+                            .entry(node)
+                            .or_default()
+                            .push((range_id, tombstone(replica, status.id, status.term, false)));
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -334,7 +377,7 @@ impl Store {
             return self.quiesce_follower(range_id, &message);
         }
         if message.msg_type == MessageType::Tombstone as i32 {
-            return self.on_tombstone(range_id, &message);
+            return self.on_tombstone(range_id, from_node, &message);
         }
         if self.wakes(range_id, &message) {
             self.wake(range_id);
@@ -345,17 +388,10 @@ impl Store {
         };
         if is_removed_sender(peer, &message) {
             let status = peer.raft().status();
-            let tombstone = Message {
-                msg_type: MessageType::Tombstone as i32,
-                to: message.from,
-                from: status.id,
-                term: status.term,
-                ..Message::default()
-            };
-            self.extra
-                .entry(from_node)
-                .or_default()
-                .push((range_id, tombstone));
+            self.extra.entry(from_node).or_default().push((
+                range_id,
+                tombstone(message.from, status.id, status.term, false),
+            ));
             return Ok(false);
         }
         match peer.raft().step(message) {
@@ -409,17 +445,40 @@ impl Store {
     }
 
     /// A leader says a membership change removed this replica: it deletes its data.
-    fn on_tombstone(&mut self, range_id: u64, m: &Message) -> Result<bool, PeerError> {
-        let Some(peer) = self.peers.get_mut(&range_id) else {
-            return Ok(false);
-        };
-        let status = peer.raft().status();
-        if status.id != m.to || status.role == Role::Leader {
+    fn on_tombstone(
+        &mut self,
+        range_id: u64,
+        from_node: u64,
+        m: &Message,
+    ) -> Result<bool, PeerError> {
+        if m.reject {
+            // An acknowledgement: that replica is gone.
+            if let Some(pending) = self.tombstones.get_mut(&range_id) {
+                pending.replicas.retain(|(id, _)| *id != m.from);
+                if pending.replicas.is_empty() {
+                    self.tombstones.remove(&range_id);
+                }
+            }
             return Ok(false);
         }
-        let descriptor = peer.applier().descriptor().clone();
-        self.destroy(&descriptor, status.id)?;
-        Ok(true)
+        let destroyed = match self.peers.get_mut(&range_id) {
+            Some(peer) => {
+                let status = peer.raft().status();
+                if status.id != m.to || status.role == Role::Leader {
+                    return Ok(false);
+                }
+                let descriptor = peer.applier().descriptor().clone();
+                self.destroy(&descriptor, status.id)?;
+                true
+            }
+            None if self.engine.tombstone(range_id)? == Some(m.to) => false,
+            None => return Ok(false),
+        };
+        self.extra
+            .entry(from_node)
+            .or_default()
+            .push((range_id, tombstone(m.from, m.to, m.term, true)));
+        Ok(destroyed)
     }
 
     /// Deletes the replica of `descriptor` on this node, with a tombstone for `replica_id`.
@@ -545,7 +604,7 @@ impl Store {
             .raft()
             .quiescable()
             .map_err(|e| crate::storage::EngineError::corruption(range_id, "log", e))?;
-        if peer.is_quiet() || !quiescable {
+        if peer.is_quiet() || !quiescable || self.tombstones.contains_key(&range_id) {
             return Ok(Vec::new());
         }
         let status = peer.raft().status();
@@ -743,6 +802,12 @@ impl Store {
         let status = peer.raft().status();
         if status.role != Role::Leader {
             return Err(self.not_leader(range_id, Some(status.leader_id)));
+        }
+        if let Some(to) = peer.raft().transferring_to() {
+            return Err(KvError::NotReady(format!(
+                "range {range_id}: leadership is moving to replica {to}"
+            ))
+            .into());
         }
         let progress = peer.raft().follower_progress();
         let caught_up = |replica: u64| {
@@ -974,17 +1039,15 @@ impl Store {
                 .iter()
                 .filter(|r| !after.replicas.iter().any(|a| a.replica_id == r.replica_id))
             {
-                let tombstone = Message {
-                    msg_type: MessageType::Tombstone as i32,
-                    to: gone.replica_id,
-                    from: status.id,
-                    term: status.term,
-                    ..Message::default()
-                };
-                out.outbox
-                    .entry(gone.node_id)
+                out.outbox.entry(gone.node_id).or_default().push((
+                    range_id,
+                    tombstone(gone.replica_id, status.id, status.term, false),
+                ));
+                self.tombstones
+                    .entry(range_id)
                     .or_default()
-                    .push((range_id, tombstone));
+                    .replicas
+                    .push((gone.replica_id, gone.node_id));
             }
         }
         Ok(())

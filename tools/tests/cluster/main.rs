@@ -1131,3 +1131,53 @@ async fn moving_a_replica_to_a_fourth_node_under_writes_keeps_the_history_linear
     assert!(stats.ops >= 100, "{stats:?}");
     cluster.stop_all().await;
 }
+
+/// Issue 7: a replica removed while its node was cut off never applies its removal; when the
+/// node is back, the leader answers its campaign with a tombstone and it deletes its data. A
+/// snapshot or message for the removed replica does not bring it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_removed_while_cut_off_deletes_its_data_when_it_returns() {
+    use flotilla_client::ReplicaChangeKind;
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_leader(&[]).await;
+    let gone = cluster
+        .ids()
+        .into_iter()
+        .find(|&i| i != leader)
+        .expect("a follower");
+    let client = cluster.client().await;
+    client.put("r", "1").await.expect("put");
+    cluster.wait_value(gone, "r", "1").await;
+    cluster.partition(&[gone]);
+    let after = client
+        .change_replicas("r", &[(ReplicaChangeKind::Remove, gone)])
+        .await
+        .expect("removed");
+    assert!(after.replicas.iter().all(|r| r.node_id != gone));
+    client.put("r", "2").await.expect("two voters serve");
+    // Cut off, the replica still holds its range.
+    assert!(cluster
+        .node(gone)
+        .engine()
+        .descriptor(FIRST_USER_RANGE)
+        .expect("read")
+        .is_some());
+    cluster.heal();
+    eventually("the removed replica to delete its data", || async {
+        let engine = cluster.node(gone).engine();
+        let deleted = engine.descriptor(FIRST_USER_RANGE).ok()?.is_none();
+        (deleted && engine.tombstone(FIRST_USER_RANGE).ok()?.is_some()).then_some(())
+    })
+    .await;
+    // The leader keeps serving with the two voters left, and the removed node stays out.
+    client.put("r", "3").await.expect("put after");
+    let ranges = cluster.node(gone).ranges().await;
+    assert!(
+        ranges.iter().all(|r| r
+            .descriptor
+            .as_ref()
+            .is_none_or(|d| d.id != FIRST_USER_RANGE)),
+        "the removed replica came back"
+    );
+    cluster.stop_all().await;
+}

@@ -57,6 +57,8 @@ impl Cluster {
     }
 
     /// A cluster whose node configs `configure` adjusts.
+    ///
+    /// `FLOTILLA_TEST_LOG=filter` (tracing's env-filter syntax) prints the nodes' logs.
     pub async fn start_with(n: u64, configure: impl Fn(&mut NodeConfig)) -> Self {
         Self::start_joining(n, 0, configure).await
     }
@@ -64,6 +66,12 @@ impl Cluster {
     /// `n` initial members and `joiners` more nodes (ids after theirs) that start with no
     /// range; the members know the joiners' addresses, so replicas can be added there.
     pub async fn start_joining(n: u64, joiners: u64, configure: impl Fn(&mut NodeConfig)) -> Self {
+        if let Ok(filter) = std::env::var("FLOTILLA_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
         let dir = tempfile::tempdir().expect("tempdir");
         let ca = ClusterCa::generate(CLUSTER).expect("ca");
         let everyone: BTreeMap<u64, SocketAddr> = (1..=n + joiners)
