@@ -40,6 +40,12 @@ pub struct Applied {
     pub response: WriteResponse,
 }
 
+/// What an admin command decided: a response, or rows to write with the data.
+enum AdminOutcome {
+    Done(Box<WriteResponse>),
+    Routing(flotilla_transport::kv::RoutingUpdate),
+}
+
 /// Applies one range's committed entries.
 #[derive(Debug)]
 pub struct RangeApplier {
@@ -333,6 +339,15 @@ impl RangeApplier {
                 // Refusals are not recorded: a retry with the same number may succeed.
                 Err(err) => return Ok(applied(error_response(e.index, &err))),
             };
+            let response = match response {
+                AdminOutcome::Done(r) => *r,
+                AdminOutcome::Routing(update) => WriteResponse {
+                    revision: e.index,
+                    response: Some(write_response::Response::RoutingUpdate(
+                        super::routing::apply_update(overlay, &update, e.index)?,
+                    )),
+                },
+            };
             if let Some(mut s) = session {
                 session::record(&mut s, &header, &response, &self.config);
                 overlay.put_session(s);
@@ -368,9 +383,17 @@ impl RangeApplier {
         header: &CommandHeader,
         admin: AdminRequest,
         e: &Entry,
-    ) -> Result<(WriteResponse, Option<SplitPlan>), KvError> {
+    ) -> Result<(AdminOutcome, Option<SplitPlan>), KvError> {
         check_range(&self.descriptor, header.range_id, header.epoch.as_ref())?;
         match admin.request {
+            Some(admin_request::Request::RoutingUpdate(update)) => {
+                if self.descriptor.id != super::routing::META_RANGE {
+                    return Err(KvError::Malformed(
+                        "routing records live in the meta range".into(),
+                    ));
+                }
+                Ok((AdminOutcome::Routing(update), None))
+            }
             Some(admin_request::Request::Split(split)) => {
                 if self
                     .state
@@ -392,7 +415,7 @@ impl RangeApplier {
                         right: Some(plan.right.clone()),
                     })),
                 };
-                Ok((response, Some(plan)))
+                Ok((AdminOutcome::Done(Box::new(response)), Some(plan)))
             }
             // Replica changes travel as membership entries and leader transfers not at all.
             Some(

@@ -11,6 +11,7 @@ mod error;
 mod overlay;
 mod read;
 mod replicas;
+pub mod routing;
 mod session;
 mod split;
 mod validate;

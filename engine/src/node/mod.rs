@@ -266,8 +266,10 @@ impl Node {
         let network = Arc::new(TransportNetwork {
             transport: transport.clone(),
             runtime: tokio::runtime::Handle::current(),
+            handle: std::sync::OnceLock::new(),
         });
-        let runtime = match Runtime::start(engine.clone(), config.runtime.clone(), network) {
+        let runtime = match Runtime::start(engine.clone(), config.runtime.clone(), network.clone())
+        {
             Ok(r) => r,
             Err(e) => {
                 transport.shutdown().await;
@@ -283,6 +285,7 @@ impl Node {
             accepting: AtomicBool::new(true),
             started: Instant::now(),
         });
+        let _ = network.handle.set(runtime.handle().clone());
         let _ = late.cell.set(Arc::new(NodeSink {
             node_id,
             handle: runtime.handle().clone(),

@@ -4,10 +4,14 @@
 //! Only channels cross it; no lock is held across an await.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use flotilla_transport::meta::{SnapshotChunk, SnapshotTransfer};
+use flotilla_transport::kv::{
+    admin_request, write_response, AdminRequest, CommandHeader, ErrorCode, RaftCommand,
+    RoutingUpdate, WriteResponse,
+};
+use flotilla_transport::meta::{RangeEpoch, RangeRecord, SnapshotChunk, SnapshotTransfer};
 use flotilla_transport::raft::Message;
 use flotilla_transport::wire::RangeMessage;
 use flotilla_transport::{BoxFuture, RpcStatus, Sink, SnapshotChunks, Transport};
@@ -15,13 +19,16 @@ use prost::Message as _;
 use tokio::sync::mpsc;
 
 use super::service::Service;
+use crate::kv::routing::META_RANGE;
 use crate::storage::{SnapshotParts, SnapshotReceiver};
-use crate::store::{Network, RuntimeHandle, SnapshotBuild};
+use crate::store::{Network, RequestError, RuntimeHandle, SnapshotBuild};
 
 /// The pollers' [`Network`] over the node's QUIC transport.
 pub(crate) struct TransportNetwork {
     pub(crate) transport: Transport,
     pub(crate) runtime: tokio::runtime::Handle,
+    /// Set once the runtime runs: routing reports go through it.
+    pub(crate) handle: std::sync::OnceLock<RuntimeHandle>,
 }
 
 impl Network for TransportNetwork {
@@ -59,6 +66,87 @@ impl Network for TransportNetwork {
             let _ = tokio::task::spawn_blocking(move || done(ok)).await;
         });
     }
+
+    fn report_routes(&self, meta_epoch: RangeEpoch, records: Vec<RangeRecord>) {
+        let Some(handle) = self.handle.get().cloned() else {
+            return;
+        };
+        let transport = self.transport.clone();
+        self.runtime.spawn(async move {
+            send_routes(&handle, &transport, meta_epoch, records).await;
+        });
+    }
+}
+
+/// Proposes a routing update to the meta range: here if this node leads it, else at the
+/// leader its NOT_LEADER answers name. A few attempts; the runtime reports again later. Holds
+/// only the runtime's handle (no storage), so a report in flight never keeps a stopped node's
+/// engine open.
+async fn send_routes(
+    handle: &RuntimeHandle,
+    transport: &Transport,
+    meta_epoch: RangeEpoch,
+    records: Vec<RangeRecord>,
+) {
+    const TIMEOUT: Duration = Duration::from_secs(5);
+    let count = records.len();
+    let command = RaftCommand {
+        header: Some(CommandHeader {
+            range_id: META_RANGE,
+            epoch: Some(meta_epoch),
+            ..CommandHeader::default()
+        }),
+        request: None,
+        admin: Some(AdminRequest {
+            request: Some(admin_request::Request::RoutingUpdate(RoutingUpdate {
+                records,
+            })),
+        }),
+    };
+    let me = transport.node_id();
+    let mut target = me;
+    for attempt in 0..5u32 {
+        let answer: Option<WriteResponse> = if target == me {
+            match handle
+                .write(command.clone(), Instant::now() + TIMEOUT)
+                .await
+            {
+                Ok(Ok(response)) => Some(response),
+                Ok(Err(RequestError::Refused(e))) => Some(WriteResponse {
+                    revision: 0,
+                    response: Some(write_response::Response::Error((&e).into())),
+                }),
+                Ok(Err(RequestError::Unavailable(_))) | Err(_) => return,
+            }
+        } else {
+            transport
+                .call(target, "kv.Write", command.encode_to_vec().into(), TIMEOUT)
+                .await
+                .ok()
+                .and_then(|b| WriteResponse::decode(b).ok())
+        };
+        match answer {
+            Some(WriteResponse {
+                response: Some(write_response::Response::Error(e)),
+                ..
+            }) if e.code == ErrorCode::NotLeader as i32 && e.leader_node != 0 => {
+                target = e.leader_node;
+                continue;
+            }
+            Some(WriteResponse {
+                response: Some(write_response::Response::Error(_)),
+                ..
+            })
+            | None => {}
+            Some(_) => return,
+        }
+        tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+    }
+    tracing::debug!(
+        node = me,
+        records = count,
+        "routing report not delivered; reported again later"
+    );
 }
 
 /// Streams a built snapshot: the `SnapshotTransfer` header, then every chunk.

@@ -108,6 +108,35 @@ impl Service {
                 let response = self.read(request, deadline).await?;
                 Ok(response.encode_to_vec().into())
             }
+            "routing.LocateKey" => {
+                let request = flotilla_transport::service::LocateKeyRequest::decode(body)
+                    .map_err(|e| bad_request("locate", e))?;
+                let record =
+                    self.read_routing(|engine| crate::kv::routing::locate(engine, &request.key))?;
+                Ok(flotilla_transport::service::LocateKeyResponse { record }
+                    .encode_to_vec()
+                    .into())
+            }
+            "routing.ScanRanges" => {
+                let request = flotilla_transport::service::ScanRangesRequest::decode(body)
+                    .map_err(|e| bad_request("scan ranges", e))?;
+                let start = crate::storage::keys::data_key(&request.start);
+                let end = if request.end.is_empty() {
+                    Vec::new()
+                } else {
+                    crate::storage::keys::data_key(&request.end)
+                };
+                let limit = match request.limit {
+                    0 => 1_000,
+                    n => n.min(10_000) as usize,
+                };
+                let records = self.read_routing(|engine| {
+                    crate::kv::routing::scan_records(engine, &start, &end, limit)
+                })?;
+                Ok(flotilla_transport::service::ScanRangesResponse { records }
+                    .encode_to_vec()
+                    .into())
+            }
             "cluster.Info" => Ok(self.cluster_info().await.encode_to_vec().into()),
             "node.Status" => Ok(self.status().await.encode_to_vec().into()),
             other => Err(RpcStatus::new(
@@ -115,6 +144,25 @@ impl Service {
                 format!("unknown method {other:?}"),
             )),
         }
+    }
+
+    /// Reads this node's meta replica (routing records are hints: a local read serves).
+    fn read_routing<T>(
+        &self,
+        read: impl FnOnce(&Engine) -> Result<T, crate::storage::EngineError>,
+    ) -> Result<T, RpcStatus> {
+        let hosts_meta = self
+            .engine
+            .descriptor(crate::kv::routing::META_RANGE)
+            .map_err(|e| RpcStatus::new(RpcCode::Internal, e.to_string()))?
+            .is_some();
+        if !hosts_meta {
+            return Err(RpcStatus::new(
+                RpcCode::Unavailable,
+                format!("node {} hosts no replica of the meta range", self.node_id),
+            ));
+        }
+        read(&self.engine).map_err(|e| RpcStatus::new(RpcCode::Internal, e.to_string()))
     }
 
     /// The typed error on the wire, with the leader's address filled in for `NotLeader`.

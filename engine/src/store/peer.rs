@@ -257,6 +257,8 @@ impl Peer {
         batch: &mut LogBatch,
     ) -> Result<Option<(Ready, Vec<Message>)>, PeerError> {
         if !self.raw.has_ready() {
+            // A log GC on an idle range has no Ready to ride with: it goes out on its own.
+            self.raw.store_mut().stage_compaction(batch);
             return Ok(None);
         }
         let mut ready = self.raw.ready()?;

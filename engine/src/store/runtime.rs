@@ -61,7 +61,22 @@ pub trait Network: Send + Sync + 'static {
         build: SnapshotBuild,
         done: Box<dyn FnOnce(bool) + Send>,
     );
+    /// Hands range leaders' routing records to the meta range (`meta_epoch`: its epoch as
+    /// this node has it). Best effort: the runtime reports again on the next change and every
+    /// minute. Must not block.
+    fn report_routes(
+        &self,
+        meta_epoch: RangeEpoch,
+        records: Vec<flotilla_transport::meta::RangeRecord>,
+    ) {
+        let _ = (meta_epoch, records);
+    }
 }
+
+/// Routing records go to the meta range in batches of at most this many.
+const ROUTE_REPORT_BATCH: usize = 256;
+/// Every leader reports its record again this often (a report may have been lost).
+const ROUTE_REPORT_REFRESH: Duration = Duration::from_secs(60);
 
 /// Builds a snapshot to send: the leader's Snapshot message (rewritten with the built
 /// snapshot's metadata) and the snapshot; `None` if it could not be read.
@@ -478,6 +493,9 @@ struct Poller {
     more: bool,
     next_expiry: Instant,
     next_gauges: Instant,
+    /// What each led range last reported to the meta range: (version, conf_ver, term).
+    reported: HashMap<u64, (u64, u64, u64)>,
+    next_route_refresh: Instant,
 }
 
 /// A random number per call, from the standard library's per-process hasher keys: read ids
@@ -540,6 +558,8 @@ impl Poller {
             more: false,
             next_expiry: now,
             next_gauges: now,
+            reported: HashMap::new(),
+            next_route_refresh: now + ROUTE_REPORT_REFRESH,
         }
     }
 
@@ -653,6 +673,7 @@ impl Poller {
             }
             if now >= self.next_gauges {
                 self.gauges();
+                self.report_routes(now);
                 self.collect_logs()?;
                 self.next_gauges = now + Duration::from_secs(1);
             }
@@ -1217,6 +1238,62 @@ impl Poller {
             .set(lag as f64);
         metrics::gauge!("flotilla_store_pending_requests", "poller" => poller)
             .set((self.writes.len() + self.reads.len()) as f64);
+    }
+
+    /// Reports the routing record of every range led here whose descriptor or term changed
+    /// since its last report (and of all of them every [`ROUTE_REPORT_REFRESH`]).
+    fn report_routes(&mut self, now: Instant) {
+        let refresh = now >= self.next_route_refresh;
+        if refresh {
+            self.next_route_refresh = now + ROUTE_REPORT_REFRESH;
+        }
+        let node_id = self.config.node_id;
+        let ids: Vec<u64> = self.store.range_ids().collect();
+        let mut records = Vec::new();
+        for range_id in ids {
+            let Some(peer) = self.store.peer_mut(range_id) else {
+                continue;
+            };
+            let status = peer.raft().status();
+            if status.role != Role::Leader {
+                self.reported.remove(&range_id);
+                continue;
+            }
+            let descriptor = peer.applier().descriptor();
+            let epoch = descriptor.epoch.unwrap_or_default();
+            let key = (epoch.version, epoch.conf_ver, status.term);
+            if !refresh && self.reported.get(&range_id) == Some(&key) {
+                continue;
+            }
+            self.reported.insert(range_id, key);
+            records.push(flotilla_transport::meta::RangeRecord {
+                descriptor: Some(descriptor.clone()),
+                leader_node: node_id,
+                leader_term: status.term,
+            });
+        }
+        self.reported
+            .retain(|range_id, _| self.store.peer(*range_id).is_some());
+        if records.is_empty() {
+            return;
+        }
+        // A node without a meta replica (one that joined) has no epoch to address it with.
+        let meta = self
+            .store
+            .engine()
+            .descriptor(kv::routing::META_RANGE)
+            .ok()
+            .flatten()
+            .and_then(|d| d.epoch);
+        let Some(meta_epoch) = meta else {
+            return;
+        };
+        while !records.is_empty() {
+            let rest = records.split_off(records.len().min(ROUTE_REPORT_BATCH));
+            metrics::counter!("flotilla_store_route_reports_total").increment(records.len() as u64);
+            self.network
+                .report_routes(meta_epoch, std::mem::replace(&mut records, rest));
+        }
     }
 
     /// Releases the logs that grew past the GC threshold (written with the next round).

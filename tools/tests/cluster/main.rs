@@ -973,6 +973,12 @@ async fn a_replica_that_missed_a_split_gets_the_new_range_by_snapshot() {
     client.put("a-before", "1").await.expect("put");
     cluster.crash(behind).await;
     let (left, right) = client.split("m").await.expect("split");
+    // The new range's log starts at the split entry (read before its own log GC moves it).
+    let split_index = cluster
+        .node(leader)
+        .engine()
+        .log_truncated_index(right.id)
+        .expect("the new range exists on the leader's node");
     for i in 0..120 {
         client
             .put(format!("a{i:03}"), "left")
@@ -985,11 +991,6 @@ async fn a_replica_that_missed_a_split_gets_the_new_range_by_snapshot() {
     }
     // The log GC has passed the split entry everywhere it ran: the node that was down can
     // only learn of the split from snapshots.
-    let split_index = cluster
-        .node(leader)
-        .engine()
-        .log_truncated_index(right.id)
-        .expect("the new range exists on the leader's node");
     for id in cluster.live() {
         eventually("the log GC past the split", || async {
             let truncated = cluster
@@ -1179,5 +1180,114 @@ async fn a_replica_removed_while_cut_off_deletes_its_data_when_it_returns() {
             .is_none_or(|d| d.id != FIRST_USER_RANGE)),
         "the removed replica came back"
     );
+    cluster.stop_all().await;
+}
+
+/// The meta range's routing records of the ranges overlapping `[start, end)` as node `id`
+/// has them.
+async fn scan_routes(
+    cluster: &Cluster,
+    raw: &flotilla_transport::ClientEndpoint,
+    id: u64,
+    start: &str,
+) -> Vec<flotilla_transport::meta::RangeRecord> {
+    use flotilla_transport::service::{ScanRangesRequest, ScanRangesResponse};
+    let request = ScanRangesRequest {
+        start: Bytes::copy_from_slice(start.as_bytes()),
+        end: Bytes::new(),
+        limit: 0,
+    };
+    let body = raw
+        .call(
+            cluster.addr(id),
+            "routing.ScanRanges",
+            request.encode_to_vec().into(),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("scan ranges answers");
+    ScanRangesResponse::decode(body).expect("decodes").records
+}
+
+/// Issue 7: the meta range keeps a routing record per range (descriptor, last leader), updated
+/// by splits, replica changes and elections; every node answers `ScanRanges` and `LocateKey`
+/// from its meta replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_records_follow_splits_replica_changes_and_elections() {
+    use flotilla_client::ReplicaChangeKind;
+    use flotilla_transport::service::{LocateKeyRequest, LocateKeyResponse};
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_leader(&[]).await;
+    let client = cluster.client().await;
+    let raw = cluster.raw();
+    // The user keyspace is one range, led by `leader`, on every node's meta replica.
+    for id in cluster.ids() {
+        eventually(&format!("node {id}'s record of the user range"), || async {
+            let records = scan_routes(&cluster, &raw, id, "").await;
+            (records.len() == 1
+                && records[0].descriptor.as_ref().map(|d| d.id) == Some(FIRST_USER_RANGE)
+                && records[0].leader_node == leader)
+                .then_some(())
+        })
+        .await;
+    }
+    // A split: two records that tile the keyspace, each with its range's new epoch.
+    let (left, right) = client.split("m").await.expect("split");
+    for id in cluster.ids() {
+        eventually(&format!("node {id}'s records after the split"), || async {
+            let records = scan_routes(&cluster, &raw, id, "").await;
+            let descriptors: Vec<_> = records
+                .iter()
+                .filter_map(|r| r.descriptor.clone())
+                .collect();
+            (descriptors == [left.clone(), right.clone()]).then_some(())
+        })
+        .await;
+    }
+    let located = raw
+        .call(
+            cluster.addr(2),
+            "routing.LocateKey",
+            LocateKeyRequest {
+                key: Bytes::from_static(b"zebra"),
+            }
+            .encode_to_vec()
+            .into(),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("locate answers");
+    let record = LocateKeyResponse::decode(located)
+        .expect("decodes")
+        .record
+        .expect("a record");
+    assert_eq!(record.descriptor.map(|d| d.id), Some(right.id));
+    // A replica change: the record's replicas follow.
+    let voter = cluster
+        .ids()
+        .into_iter()
+        .find(|&i| i != leader)
+        .expect("a follower");
+    let shrunk = client
+        .change_replicas("a", &[(ReplicaChangeKind::Remove, voter)])
+        .await
+        .expect("removed");
+    eventually("the record after the replica change", || async {
+        let records = scan_routes(&cluster, &raw, leader, "").await;
+        (records.first()?.descriptor.as_ref() == Some(&shrunk)).then_some(())
+    })
+    .await;
+    // An election: the crashed leader's range that still has a quorum (the right one; the
+    // left kept two voters) gets a record naming its new leader.
+    cluster.crash(leader).await;
+    let survivor = cluster.live()[0];
+    eventually("a record naming the new leader", || async {
+        let records = scan_routes(&cluster, &raw, survivor, "").await;
+        let record = records
+            .iter()
+            .find(|r| r.descriptor.as_ref().map(|d| d.id) == Some(right.id))?;
+        (record.leader_node != leader && record.leader_node != 0).then_some(())
+    })
+    .await;
     cluster.stop_all().await;
 }
