@@ -545,6 +545,11 @@ impl Client {
         to: u64,
     ) -> Result<RangeDescriptor, ClientError> {
         let key = key.as_ref();
+        if from == to {
+            return Err(ClientError::Config(format!(
+                "a replica moves between two nodes; both are node {from}"
+            )));
+        }
         let added = self
             .change_replicas(key, &[(ReplicaChangeKind::AddLearner, to)])
             .await?;

@@ -25,6 +25,18 @@ struct Cli {
     command: Cmd,
 }
 
+#[derive(Subcommand, Debug)]
+enum ReplicaCmd {
+    /// Adds a learner on NODE (it catches up by snapshot).
+    Add { key: String, node: u64 },
+    /// Promotes the learner on NODE to a voter (waits until it caught up).
+    Promote { key: String, node: u64 },
+    /// Removes the replica on NODE (it deletes its data).
+    Remove { key: String, node: u64 },
+    /// Moves the replica on FROM to TO: learner, catch-up, one joint promotion and removal.
+    Move { key: String, from: u64, to: u64 },
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Runs one node.
@@ -61,6 +73,13 @@ enum Cmd {
     },
     /// Splits the range holding KEY at KEY (no data moves).
     Split { key: String },
+    /// Changes the replicas of the range holding KEY.
+    Replica {
+        #[command(subcommand)]
+        change: ReplicaCmd,
+    },
+    /// Hands the leadership of the range holding KEY to its voter on NODE.
+    TransferLeader { key: String, node: u64 },
     /// Prints every node's ranges, leaders and counters.
     Status,
     /// A short narrated load against the cluster.
@@ -267,6 +286,48 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Cmd::Replica { change } => {
+            use flotilla_client::ReplicaChangeKind as Kind;
+            let client = connect().await?;
+            let range = match change {
+                ReplicaCmd::Add { key, node } => {
+                    client
+                        .change_replicas(&key, &[(Kind::AddLearner, node)])
+                        .await?
+                }
+                ReplicaCmd::Promote { key, node } => {
+                    client
+                        .change_replicas(&key, &[(Kind::Promote, node)])
+                        .await?
+                }
+                ReplicaCmd::Remove { key, node } => {
+                    client
+                        .change_replicas(&key, &[(Kind::Remove, node)])
+                        .await?
+                }
+                ReplicaCmd::Move { key, from, to } => client.move_replica(&key, from, to).await?,
+            };
+            let replicas: Vec<String> = range
+                .replicas
+                .iter()
+                .map(|r| {
+                    let role = if r.role == flotilla_transport::meta::ReplicaRole::Learner as i32 {
+                        " (learner)"
+                    } else {
+                        ""
+                    };
+                    format!("node {}{role}", r.node_id)
+                })
+                .collect();
+            println!("range {}: {}", range.id, replicas.join(", "));
+            Ok(())
+        }
+        Cmd::TransferLeader { key, node } => {
+            let client = connect().await?;
+            client.transfer_leader(&key, node).await?;
+            println!("leadership is moving to node {node}");
+            Ok(())
+        }
         Cmd::Status => {
             let config = client_config()?;
             let endpoints = config.endpoints.clone();
@@ -334,11 +395,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(run(cli))
+        .context("cannot start the async runtime")
+        .and_then(|runtime| runtime.block_on(run(cli)));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        // The cause chain on one line, on stderr; no backtrace for an operator's mistake.
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
