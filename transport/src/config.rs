@@ -47,8 +47,10 @@ impl TransportConfig {
             queue_capacity: 16 * 1024,
             queue_bytes: 64 << 20,
             max_snapshot_streams_per_peer: 2,
-            liveness_interval: Duration::from_millis(500),
-            down_after: Duration::from_millis(2_000),
+            // Four missed pings make a peer down after 1 s: quiet ranges, which hear nothing
+            // else, elect a new leader about as fast as active ones (election timeout 1-2 s).
+            liveness_interval: Duration::from_millis(250),
+            down_after: Duration::from_millis(1_000),
             reconnect_min: Duration::from_millis(50),
             reconnect_max: Duration::from_secs(5),
             snapshot_buffer_chunks: 8,
