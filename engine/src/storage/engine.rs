@@ -354,14 +354,40 @@ impl Engine {
     ///
     /// # Errors
     /// [`EngineError::Corruption`] if it fails its checksum, [`EngineError::Rocks`].
-    pub fn tombstone(&self, range_id: u64) -> Result<Option<u64>, EngineError> {
-        let t: Option<flotilla_transport::meta::RangeTombstone> = self.read_record(
+    pub fn tombstone(
+        &self,
+        range_id: u64,
+    ) -> Result<Option<flotilla_transport::meta::RangeTombstone>, EngineError> {
+        self.read_record(
             Cf::Meta,
             &keys::tombstone_key(range_id),
             range_id,
             "tombstone",
-        )?;
-        Ok(t.map(|t| t.replica_id))
+        )
+    }
+
+    /// Records that the replica `replica_id` of `range_id`, which this node does not host, was
+    /// removed at `conf_ver` (a tombstone that arrived before any snapshot did). Synced.
+    ///
+    /// # Errors
+    /// [`EngineError`] when the write fails.
+    pub fn put_tombstone(
+        &self,
+        range_id: u64,
+        replica_id: u64,
+        conf_ver: u64,
+    ) -> Result<(), EngineError> {
+        let mut batch = WriteBatch::default();
+        self.put_record(
+            &mut batch,
+            Cf::Meta,
+            &keys::tombstone_key(range_id),
+            &flotilla_transport::meta::RangeTombstone {
+                replica_id,
+                conf_ver,
+            },
+        );
+        self.write_synced(batch)
     }
 
     /// Deletes every row of the replica `replica_id` of `descriptor` on this node (its log,
@@ -374,6 +400,7 @@ impl Engine {
         &self,
         descriptor: &RangeDescriptor,
         replica_id: u64,
+        conf_ver: u64,
     ) -> Result<(), EngineError> {
         let range_id = descriptor.id;
         let mut batch = WriteBatch::default();
@@ -387,7 +414,10 @@ impl Engine {
             &mut batch,
             Cf::Meta,
             &keys::tombstone_key(range_id),
-            &flotilla_transport::meta::RangeTombstone { replica_id },
+            &flotilla_transport::meta::RangeTombstone {
+                replica_id,
+                conf_ver,
+            },
         );
         self.write_synced(batch)
     }

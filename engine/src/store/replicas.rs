@@ -172,15 +172,22 @@ struct PendingTombstones {
     ticks: u64,
 }
 
-fn tombstone(to: u64, from: u64, term: u64, ack: bool) -> Message {
+/// A tombstone (or, `ack`, its acknowledgement); `conf_ver` (in `index`) is the sender's
+/// configuration, which the removed replica's tombstone record keeps.
+fn tombstone(to: u64, from: u64, term: u64, conf_ver: u64, ack: bool) -> Message {
     Message {
         msg_type: MessageType::Tombstone as i32,
         to,
         from,
         term,
+        index: conf_ver,
         reject: ack,
         ..Message::default()
     }
+}
+
+fn conf_ver_of(d: &RangeDescriptor) -> u64 {
+    d.epoch.map(|e| e.conf_ver).unwrap_or_default()
 }
 
 impl std::fmt::Debug for Store {
@@ -235,7 +242,13 @@ impl Store {
             let descriptor = engine
                 .descriptor(range_id)?
                 .ok_or(crate::storage::EngineError::RangeNotFound(range_id))?;
-            store.add_peer(&descriptor, None)?;
+            if descriptor.replicas.iter().any(|r| r.node_id == node_id) {
+                store.add_peer(&descriptor, None)?;
+            } else {
+                // Removed, and the crash came before its data was deleted (or a split applied
+                // with the removal created a range without this node): finish the job.
+                store.discard(&descriptor)?;
+            }
         }
         Ok(store)
     }
@@ -335,11 +348,12 @@ impl Store {
                     // it campaigns (the leader answers a non-member with a tombstone).
                     self.tombstones.remove(&range_id);
                 } else if pending.ticks.is_multiple_of(timeout) {
+                    let conf_ver = conf_ver_of(peer.applier().descriptor());
                     for &(replica, node) in &pending.replicas {
-                        self.extra
-                            .entry(node)
-                            .or_default()
-                            .push((range_id, tombstone(replica, status.id, status.term, false)));
+                        self.extra.entry(node).or_default().push((
+                            range_id,
+                            tombstone(replica, status.id, status.term, conf_ver, false),
+                        ));
                     }
                 }
             }
@@ -388,10 +402,33 @@ impl Store {
         };
         if is_removed_sender(peer, &message) {
             let status = peer.raft().status();
+            let conf_ver = conf_ver_of(peer.applier().descriptor());
             self.extra.entry(from_node).or_default().push((
                 range_id,
-                tombstone(message.from, status.id, status.term, false),
+                tombstone(message.from, status.id, status.term, conf_ver, false),
             ));
+            return Ok(false);
+        }
+        let status = peer.raft().status();
+        let from_leader = matches!(
+            MessageType::try_from(message.msg_type),
+            Ok(MessageType::Heartbeat | MessageType::Append)
+        );
+        if from_leader && message.to != 0 && message.to != status.id {
+            // A leader addresses another replica of this range here: this node was added
+            // again while this replica, removed, never heard of it. Answering from this
+            // replica lets the leader tell it that it is gone; then the new one is created.
+            let answer = Message {
+                msg_type: MessageType::HeartbeatResponse as i32,
+                to: message.from,
+                from: status.id,
+                term: status.term,
+                ..Message::default()
+            };
+            self.extra
+                .entry(from_node)
+                .or_default()
+                .push((range_id, answer));
             return Ok(false);
         }
         match peer.raft().step(message) {
@@ -417,7 +454,11 @@ impl Store {
         if !matches!(kind, MessageType::Heartbeat | MessageType::Append) || m.to == 0 {
             return Ok(());
         }
-        if self.engine.tombstone(range_id)? == Some(m.to) {
+        if self
+            .engine
+            .tombstone(range_id)?
+            .is_some_and(|t| t.replica_id == m.to)
+        {
             return Ok(());
         }
         let answer = Message {
@@ -468,21 +509,44 @@ impl Store {
                     return Ok(false);
                 }
                 let descriptor = peer.applier().descriptor().clone();
-                self.destroy(&descriptor, status.id)?;
+                let conf_ver = conf_ver_of(&descriptor).max(m.index);
+                self.destroy(&descriptor, status.id, conf_ver)?;
                 true
             }
-            None if self.engine.tombstone(range_id)? == Some(m.to) => false,
-            None => return Ok(false),
+            None => {
+                // Removed before its snapshot arrived: remember, so that snapshot is refused.
+                let known = self.engine.tombstone(range_id)?;
+                if known.as_ref().is_none_or(|t| t.conf_ver < m.index) {
+                    self.engine.put_tombstone(range_id, m.to, m.index)?;
+                }
+                false
+            }
         };
         self.extra
             .entry(from_node)
             .or_default()
-            .push((range_id, tombstone(m.from, m.to, m.term, true)));
+            .push((range_id, tombstone(m.from, m.to, m.term, m.index, true)));
         Ok(destroyed)
     }
 
-    /// Deletes the replica of `descriptor` on this node, with a tombstone for `replica_id`.
-    fn destroy(&mut self, descriptor: &RangeDescriptor, replica_id: u64) -> Result<(), PeerError> {
+    /// Deletes a range on disk that does not name this node (no replica runs for it).
+    fn discard(&mut self, descriptor: &RangeDescriptor) -> Result<(), PeerError> {
+        tracing::warn!(
+            node = self.node_id,
+            range = descriptor.id,
+            "a range on disk does not name this node: deleting it"
+        );
+        self.destroy(descriptor, 0, conf_ver_of(descriptor))
+    }
+
+    /// Deletes the replica of `descriptor` on this node, with a tombstone for `replica_id`
+    /// removed at `conf_ver`.
+    fn destroy(
+        &mut self,
+        descriptor: &RangeDescriptor,
+        replica_id: u64,
+        conf_ver: u64,
+    ) -> Result<(), PeerError> {
         self.peers.remove(&descriptor.id);
         let gone: Vec<(u64, u64)> = self
             .pending
@@ -492,7 +556,8 @@ impl Store {
         for key in gone {
             self.pending.remove(&key);
         }
-        self.engine.destroy_range(descriptor, replica_id)?;
+        self.engine
+            .destroy_range(descriptor, replica_id, conf_ver)?;
         metrics::counter!("flotilla_store_replicas_removed_total").increment(1);
         tracing::info!(
             node = self.node_id,
@@ -521,7 +586,9 @@ impl Store {
         };
         if self.peers.contains_key(&descriptor.id)
             || self.engine.descriptor(descriptor.id)?.is_some()
-            || self.engine.tombstone(descriptor.id)? == Some(mine.replica_id)
+            || self.engine.tombstone(descriptor.id)?.is_some_and(|t| {
+                t.replica_id == mine.replica_id || conf_ver_of(descriptor) <= t.conf_ver
+            })
         {
             return Ok(false);
         }
@@ -557,6 +624,11 @@ impl Store {
             .is_some_and(|p| p.raft().status().role == Role::Leader);
         for right in created {
             if self.peers.contains_key(&right.id) {
+                continue;
+            }
+            if !right.replicas.iter().any(|r| r.node_id == self.node_id) {
+                // The split applied after this replica's own removal (in one batch).
+                self.discard(right)?;
                 continue;
             }
             self.add_peer(right, None)?;
@@ -1029,7 +1101,7 @@ impl Store {
             self.nodes_of_replicas.insert(r.replica_id, r.node_id);
         }
         if !after.replicas.iter().any(|r| r.node_id == self.node_id) {
-            self.destroy(&after, status.id)?;
+            self.destroy(&after, status.id, conf_ver_of(&after))?;
             out.removed.push(range_id);
             return Ok(());
         }
@@ -1041,7 +1113,13 @@ impl Store {
             {
                 out.outbox.entry(gone.node_id).or_default().push((
                     range_id,
-                    tombstone(gone.replica_id, status.id, status.term, false),
+                    tombstone(
+                        gone.replica_id,
+                        status.id,
+                        status.term,
+                        conf_ver_of(&after),
+                        false,
+                    ),
                 ));
                 self.tombstones
                     .entry(range_id)

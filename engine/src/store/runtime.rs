@@ -1248,6 +1248,18 @@ impl Poller {
             self.next_route_refresh = now + ROUTE_REPORT_REFRESH;
         }
         let node_id = self.config.node_id;
+        // A node without a meta replica (one that joined) has no epoch to address it with;
+        // nothing counts as reported until it has.
+        let meta = self
+            .store
+            .engine()
+            .descriptor(kv::routing::META_RANGE)
+            .ok()
+            .flatten()
+            .and_then(|d| d.epoch);
+        let Some(meta_epoch) = meta else {
+            return;
+        };
         let ids: Vec<u64> = self.store.range_ids().collect();
         let mut records = Vec::new();
         for range_id in ids {
@@ -1274,20 +1286,6 @@ impl Poller {
         }
         self.reported
             .retain(|range_id, _| self.store.peer(*range_id).is_some());
-        if records.is_empty() {
-            return;
-        }
-        // A node without a meta replica (one that joined) has no epoch to address it with.
-        let meta = self
-            .store
-            .engine()
-            .descriptor(kv::routing::META_RANGE)
-            .ok()
-            .flatten()
-            .and_then(|d| d.epoch);
-        let Some(meta_epoch) = meta else {
-            return;
-        };
         while !records.is_empty() {
             let rest = records.split_off(records.len().min(ROUTE_REPORT_BATCH));
             metrics::counter!("flotilla_store_route_reports_total").increment(records.len() as u64);
