@@ -587,7 +587,9 @@ impl Store {
         if self.peers.contains_key(&descriptor.id)
             || self.engine.descriptor(descriptor.id)?.is_some()
             || self.engine.tombstone(descriptor.id)?.is_some_and(|t| {
-                t.replica_id == mine.replica_id || conf_ver_of(descriptor) <= t.conf_ver
+                // A configuration older than the removal cannot hold this node's new
+                // replica (adding it again bumps conf_ver past it).
+                t.replica_id == mine.replica_id || conf_ver_of(descriptor) < t.conf_ver
             })
         {
             return Ok(false);

@@ -1291,3 +1291,64 @@ async fn routing_records_follow_splits_replica_changes_and_elections() {
     .await;
     cluster.stop_all().await;
 }
+
+/// Review finding: a node removed from a range while cut off, whose leader then changed (so no
+/// one keeps telling it), still hosts its stale replica when it is added again; the leader,
+/// addressing the new replica, hears from the old one, tells it it is gone, and the new one
+/// is created by snapshot and catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_added_again_replaces_a_stale_replica_that_missed_its_removal() {
+    use flotilla_client::ReplicaChangeKind;
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_leader(&[]).await;
+    let others: Vec<u64> = cluster.ids().into_iter().filter(|&i| i != leader).collect();
+    let (gone, stays) = (others[0], others[1]);
+    let client = cluster.client().await;
+    client.put("q", "1").await.expect("put");
+    cluster.wait_value(gone, "q", "1").await;
+    cluster.partition(&[gone]);
+    client
+        .change_replicas("q", &[(ReplicaChangeKind::Remove, gone)])
+        .await
+        .expect("removed");
+    // A new leader: nobody keeps telling the cut-off replica it was removed.
+    client.transfer_leader("q", stays).await.expect("transfer");
+    eventually("the new leader", || async {
+        (cluster.leader(FIRST_USER_RANGE, &[gone]).await == Some(stays)).then_some(())
+    })
+    .await;
+    client.put("q", "2").await.expect("two voters serve");
+    cluster.heal();
+    let added = client
+        .change_replicas("q", &[(ReplicaChangeKind::AddLearner, gone)])
+        .await
+        .expect("added again");
+    let new_id = added
+        .replicas
+        .iter()
+        .find(|r| r.node_id == gone)
+        .expect("a replica on the node")
+        .replica_id;
+    client
+        .change_replicas("q", &[(ReplicaChangeKind::Promote, gone)])
+        .await
+        .expect("promoted once it caught up");
+    client.put("q", "3").await.expect("put");
+    cluster.wait_value(gone, "q", "3").await;
+    let descriptor = cluster
+        .node(gone)
+        .engine()
+        .descriptor(FIRST_USER_RANGE)
+        .expect("read")
+        .expect("the range is back");
+    let mine = descriptor
+        .replicas
+        .iter()
+        .find(|r| r.node_id == gone)
+        .expect("names the node");
+    assert_eq!(
+        mine.replica_id, new_id,
+        "the new replica, not the stale one"
+    );
+    cluster.stop_all().await;
+}
