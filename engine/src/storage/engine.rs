@@ -378,8 +378,19 @@ impl Engine {
         conf_ver: u64,
     ) -> Result<(), EngineError> {
         let mut batch = WriteBatch::default();
+        self.stage_tombstone(&mut batch, range_id, replica_id, conf_ver);
+        self.write_synced(batch)
+    }
+
+    fn stage_tombstone(
+        &self,
+        batch: &mut WriteBatch,
+        range_id: u64,
+        replica_id: u64,
+        conf_ver: u64,
+    ) {
         self.put_record(
-            &mut batch,
+            batch,
             Cf::Meta,
             &keys::tombstone_key(range_id),
             &flotilla_transport::meta::RangeTombstone {
@@ -387,7 +398,6 @@ impl Engine {
                 conf_ver,
             },
         );
-        self.write_synced(batch)
     }
 
     /// Deletes every row of the replica `replica_id` of `descriptor` on this node (its log,
@@ -410,15 +420,7 @@ impl Engine {
         batch.delete_range_cf(self.cf(Cf::Meta), start.as_slice(), end.as_slice());
         let (data_start, data_end) = keys::data_span(descriptor);
         batch.delete_range_cf(self.cf(Cf::Data), data_start, data_end);
-        self.put_record(
-            &mut batch,
-            Cf::Meta,
-            &keys::tombstone_key(range_id),
-            &flotilla_transport::meta::RangeTombstone {
-                replica_id,
-                conf_ver,
-            },
-        );
+        self.stage_tombstone(&mut batch, range_id, replica_id, conf_ver);
         self.write_synced(batch)
     }
 

@@ -672,8 +672,7 @@ impl Poller {
                 self.next_expiry = now + self.config.tick;
             }
             if now >= self.next_gauges {
-                self.gauges();
-                self.report_routes(now);
+                self.survey(now);
                 self.collect_logs()?;
                 self.next_gauges = now + Duration::from_secs(1);
             }
@@ -1213,23 +1212,61 @@ impl Poller {
         }
     }
 
-    fn gauges(&mut self) {
-        let poller = self.index.to_string();
-        let ids: Vec<u64> = self.store.range_ids().collect();
-        let mut leaders = 0u64;
-        let mut lag = 0u64;
-        let quiet = ids.iter().filter(|r| self.store.is_quiet(**r)).count();
-        for range_id in &ids {
-            if let Some(peer) = self.store.peer_mut(*range_id) {
-                let status = peer.raft().status();
-                if status.role == Role::Leader {
-                    leaders += 1;
-                }
-                lag += status
-                    .committed
-                    .saturating_sub(peer.applier().applied_index());
-            }
+    /// Once a second, one pass over the ranges: the gauges, and the routing record of every
+    /// range led here whose descriptor or term changed since its last report (of all of them
+    /// every [`ROUTE_REPORT_REFRESH`]).
+    fn survey(&mut self, now: Instant) {
+        let refresh = now >= self.next_route_refresh;
+        if refresh {
+            self.next_route_refresh = now + ROUTE_REPORT_REFRESH;
+            let store = &self.store;
+            self.reported
+                .retain(|range_id, _| store.peer(*range_id).is_some());
         }
+        // A node without a meta replica (one that joined) has no epoch to address it with;
+        // nothing counts as reported until it has.
+        let meta_epoch = self
+            .store
+            .engine()
+            .descriptor(kv::routing::META_RANGE)
+            .ok()
+            .flatten()
+            .and_then(|d| d.epoch);
+        let node_id = self.config.node_id;
+        let ids: Vec<u64> = self.store.range_ids().collect();
+        let (mut leaders, mut lag, mut quiet) = (0u64, 0u64, 0u64);
+        let mut records = Vec::new();
+        for range_id in &ids {
+            let Some(peer) = self.store.peer_mut(*range_id) else {
+                continue;
+            };
+            quiet += u64::from(peer.is_quiet());
+            let status = peer.raft().status();
+            lag += status
+                .committed
+                .saturating_sub(peer.applier().applied_index());
+            if status.role != Role::Leader {
+                self.reported.remove(range_id);
+                continue;
+            }
+            leaders += 1;
+            if meta_epoch.is_none() {
+                continue;
+            }
+            let descriptor = peer.applier().descriptor();
+            let epoch = descriptor.epoch.unwrap_or_default();
+            let key = (epoch.version, epoch.conf_ver, status.term);
+            if !refresh && self.reported.get(range_id) == Some(&key) {
+                continue;
+            }
+            self.reported.insert(*range_id, key);
+            records.push(flotilla_transport::meta::RangeRecord {
+                descriptor: Some(descriptor.clone()),
+                leader_node: node_id,
+                leader_term: status.term,
+            });
+        }
+        let poller = self.index.to_string();
         metrics::gauge!("flotilla_store_ranges", "poller" => poller.clone()).set(ids.len() as f64);
         metrics::gauge!("flotilla_store_leaders", "poller" => poller.clone()).set(leaders as f64);
         metrics::gauge!("flotilla_store_quiet_ranges", "poller" => poller.clone())
@@ -1238,54 +1275,9 @@ impl Poller {
             .set(lag as f64);
         metrics::gauge!("flotilla_store_pending_requests", "poller" => poller)
             .set((self.writes.len() + self.reads.len()) as f64);
-    }
-
-    /// Reports the routing record of every range led here whose descriptor or term changed
-    /// since its last report (and of all of them every [`ROUTE_REPORT_REFRESH`]).
-    fn report_routes(&mut self, now: Instant) {
-        let refresh = now >= self.next_route_refresh;
-        if refresh {
-            self.next_route_refresh = now + ROUTE_REPORT_REFRESH;
-        }
-        let node_id = self.config.node_id;
-        // A node without a meta replica (one that joined) has no epoch to address it with;
-        // nothing counts as reported until it has.
-        let meta = self
-            .store
-            .engine()
-            .descriptor(kv::routing::META_RANGE)
-            .ok()
-            .flatten()
-            .and_then(|d| d.epoch);
-        let Some(meta_epoch) = meta else {
+        let Some(meta_epoch) = meta_epoch else {
             return;
         };
-        let ids: Vec<u64> = self.store.range_ids().collect();
-        let mut records = Vec::new();
-        for range_id in ids {
-            let Some(peer) = self.store.peer_mut(range_id) else {
-                continue;
-            };
-            let status = peer.raft().status();
-            if status.role != Role::Leader {
-                self.reported.remove(&range_id);
-                continue;
-            }
-            let descriptor = peer.applier().descriptor();
-            let epoch = descriptor.epoch.unwrap_or_default();
-            let key = (epoch.version, epoch.conf_ver, status.term);
-            if !refresh && self.reported.get(&range_id) == Some(&key) {
-                continue;
-            }
-            self.reported.insert(range_id, key);
-            records.push(flotilla_transport::meta::RangeRecord {
-                descriptor: Some(descriptor.clone()),
-                leader_node: node_id,
-                leader_term: status.term,
-            });
-        }
-        self.reported
-            .retain(|range_id, _| self.store.peer(*range_id).is_some());
         while !records.is_empty() {
             let rest = records.split_off(records.len().min(ROUTE_REPORT_BATCH));
             metrics::counter!("flotilla_store_route_reports_total").increment(records.len() as u64);

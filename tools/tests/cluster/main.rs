@@ -1120,12 +1120,7 @@ async fn moving_a_replica_to_a_fourth_node_under_writes_keeps_the_history_linear
     // The new node serves what was written; the node that left deleted its replica.
     client.put("m-final", "1").await.expect("put");
     cluster.wait_value(4, "m-final", "1").await;
-    eventually("the removed replica to delete its data", || async {
-        let engine = cluster.node(from).engine();
-        let gone = engine.descriptor(FIRST_USER_RANGE).ok()?.is_none();
-        (gone && engine.tombstone(FIRST_USER_RANGE).ok()?.is_some()).then_some(())
-    })
-    .await;
+    cluster.wait_replica_deleted(from, FIRST_USER_RANGE).await;
     let history = history.lock().clone();
     let stats = linearizability::check(&history, 1_000_000)
         .unwrap_or_else(|e| panic!("history of {} operations: {e:?}", history.len()));
@@ -1164,12 +1159,7 @@ async fn a_replica_removed_while_cut_off_deletes_its_data_when_it_returns() {
         .expect("read")
         .is_some());
     cluster.heal();
-    eventually("the removed replica to delete its data", || async {
-        let engine = cluster.node(gone).engine();
-        let deleted = engine.descriptor(FIRST_USER_RANGE).ok()?.is_none();
-        (deleted && engine.tombstone(FIRST_USER_RANGE).ok()?.is_some()).then_some(())
-    })
-    .await;
+    cluster.wait_replica_deleted(gone, FIRST_USER_RANGE).await;
     // The leader keeps serving with the two voters left, and the removed node stays out.
     client.put("r", "3").await.expect("put after");
     let ranges = cluster.node(gone).ranges().await;

@@ -385,6 +385,19 @@ impl Cluster {
         .await;
     }
 
+    /// Waits until node `id` deleted its replica of `range_id` and left a tombstone.
+    pub async fn wait_replica_deleted(&self, id: u64, range_id: u64) {
+        eventually(
+            &format!("node {id} to delete its replica of range {range_id}"),
+            || async {
+                let engine = self.node(id).engine();
+                let deleted = engine.descriptor(range_id).ok()?.is_none();
+                (deleted && engine.tombstone(range_id).ok()?.is_some()).then_some(())
+            },
+        )
+        .await;
+    }
+
     /// Proposes a write straight to node `id`'s replica (no routing, no retry).
     pub async fn propose_on(
         &self,
