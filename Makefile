@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test setup fmt-check clippy unit sim-soak bench demo bench-cluster
+.PHONY: test setup fmt-check clippy unit sim-soak bench demo bench-cluster idle-cost
 
 test: setup fmt-check clippy unit
 
@@ -23,7 +23,7 @@ unit:
 # optimized, our code at opt-level 1 with debug assertions), so RocksDB is not built again.
 SEEDS ?= 20000
 sim-soak:
-	FLOTILLA_SIM_SEEDS=$(SEEDS) $(CARGO) test -p flotilla-engine --test sim
+	FLOTILLA_SIM_SEEDS=$(SEEDS) FLOTILLA_STORE_SIM_SEEDS=$$(( $(SEEDS) / 50 )) $(CARGO) test -p flotilla-engine --test sim
 
 # Benchmarks run optimized (the bench profile): the first run builds RocksDB in release once.
 bench:
@@ -55,3 +55,10 @@ bench-cluster: setup
 	$(CARGO) run --release -q -p flotilla-tools --bin flotilla -- cluster up --dir $(BENCH_DIR) --detach --base-port 7101 --metrics-base-port 9201
 	set -a && . $(BENCH_DIR)/env && set +a && $(CARGO) run --release -q -p flotilla-tools --bin flotilla -- bench --writers 64 --value-size 256 --seconds $${SECONDS_RUN:-20}; \
 	  status=$$?; $(CARGO) run --release -q -p flotilla-tools --bin flotilla -- cluster down --dir $(BENCH_DIR); exit $$status
+
+# What idle ranges cost: CPU and memory of a local 3-node cluster with RANGES quiet user ranges
+# (debug profile, as make demo), measured against a 1-range cluster. `make idle-cost RANGES=10000`.
+RANGES ?= 10000
+idle-cost: setup
+	$(CARGO) build -p flotilla-tools --bin flotilla
+	./deploy/scripts/idle-cost.sh $(RANGES) $${WINDOW:-30}

@@ -75,6 +75,8 @@ pollers = 2
 mailbox-capacity = 65536
 max-pending-requests = 65536
 snapshot-chunk-bytes = 1048576
+# Snapshots this node builds and streams at once (each holds a whole range in memory).
+max-snapshot-sends = 4
 # Log GC: a range keeping more applied log entries than this releases them; a follower that
 # falls further behind catches up by snapshot.
 log-gc-threshold-entries = 10000
@@ -146,6 +148,7 @@ pub struct StoreSection {
     pub mailbox_capacity: usize,
     pub max_pending_requests: usize,
     pub snapshot_chunk_bytes: usize,
+    pub max_snapshot_sends: usize,
     pub log_gc_threshold_entries: u64,
     pub quiesce: bool,
     pub max_wakeups_per_tick: usize,
@@ -212,6 +215,7 @@ impl Default for StoreSection {
             mailbox_capacity: r.mailbox_capacity,
             max_pending_requests: r.max_pending_requests,
             snapshot_chunk_bytes: r.snapshot_chunk_bytes,
+            max_snapshot_sends: r.max_snapshot_sends,
             log_gc_threshold_entries: r.log_gc_threshold_entries,
             quiesce: r.quiesce,
             max_wakeups_per_tick: r.max_wakeups_per_tick,
@@ -343,6 +347,7 @@ impl ServerConfig {
         runtime.mailbox_capacity = self.store.mailbox_capacity;
         runtime.max_pending_requests = self.store.max_pending_requests;
         runtime.snapshot_chunk_bytes = self.store.snapshot_chunk_bytes;
+        runtime.max_snapshot_sends = self.store.max_snapshot_sends;
         runtime.log_gc_threshold_entries = self.store.log_gc_threshold_entries;
         runtime.quiesce = self.store.quiesce;
         runtime.max_wakeups_per_tick = self.store.max_wakeups_per_tick;

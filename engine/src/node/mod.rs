@@ -86,6 +86,9 @@ impl NodeConfig {
         if self.initial_ranges == 0 || self.initial_ranges > 65_536 {
             return Err("initial-ranges: between 1 and 65536".into());
         }
+        if self.runtime.max_snapshot_sends == 0 {
+            return Err("max-snapshot-sends: must be at least 1".into());
+        }
         if self.runtime.pollers == 0 {
             return Err("pollers: must be at least 1".into());
         }
@@ -267,6 +270,9 @@ impl Node {
             transport: transport.clone(),
             runtime: tokio::runtime::Handle::current(),
             handle: std::sync::OnceLock::new(),
+            snapshot_sends: Arc::new(tokio::sync::Semaphore::new(
+                config.runtime.max_snapshot_sends,
+            )),
         });
         let runtime = match Runtime::start(engine.clone(), config.runtime.clone(), network.clone())
         {

@@ -29,6 +29,8 @@ pub(crate) struct TransportNetwork {
     pub(crate) runtime: tokio::runtime::Handle,
     /// Set once the runtime runs: routing reports go through it.
     pub(crate) handle: std::sync::OnceLock<RuntimeHandle>,
+    /// Outgoing snapshots at once, build and stream together (`max-snapshot-sends`).
+    pub(crate) snapshot_sends: Arc<tokio::sync::Semaphore>,
 }
 
 impl Network for TransportNetwork {
@@ -52,13 +54,21 @@ impl Network for TransportNetwork {
         done: Box<dyn FnOnce(bool) + Send>,
     ) {
         let transport = self.transport.clone();
+        let slots = self.snapshot_sends.clone();
         self.runtime.spawn(async move {
-            let built = tokio::task::spawn_blocking(build).await.ok().flatten();
-            let ok = match built {
-                Some((message, parts)) => {
-                    stream_snapshot(&transport, to_node, range_id, message, parts).await
+            // Held until the stream ends: at most `max-snapshot-sends` ranges are read into
+            // memory and on the wire at once, however many followers need one.
+            let ok = match slots.acquire_owned().await {
+                Ok(_slot) => {
+                    let built = tokio::task::spawn_blocking(build).await.ok().flatten();
+                    match built {
+                        Some((message, parts)) => {
+                            stream_snapshot(&transport, to_node, range_id, message, parts).await
+                        }
+                        None => false,
+                    }
                 }
-                None => false,
+                Err(_) => false,
             };
             // `done` reports to a poller's bounded mailbox and may block while it is full:
             // never on a runtime worker. The report must not be lost (the leader holds the

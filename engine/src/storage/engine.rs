@@ -34,6 +34,31 @@ pub struct EngineConfig {
     /// flushes and syncs them in order) instead of handing each to the OS. A killed process
     /// then loses its unsynced writes the way a power loss would, which the crash test uses.
     pub manual_wal_flush: bool,
+    /// Keep the files in memory instead of under `path` (which then only names them): the
+    /// whole-store simulator's disk. A node reopened on the same `MemoryDisk` finds what it
+    /// wrote, as after a process crash (RocksDB writes unsynced data to its files at once).
+    pub memory: Option<MemoryDisk>,
+}
+
+/// An in-memory file system for engines (RocksDB's memory `Env`), shared by every engine
+/// opened on it and kept across reopens as long as one clone lives.
+#[derive(Clone)]
+pub struct MemoryDisk(rocksdb::Env);
+
+impl MemoryDisk {
+    /// A new, empty in-memory file system.
+    ///
+    /// # Errors
+    /// [`EngineError::Rocks`] if RocksDB cannot create it.
+    pub fn new() -> Result<Self, EngineError> {
+        Ok(Self(rocksdb::Env::mem_env()?))
+    }
+}
+
+impl std::fmt::Debug for MemoryDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MemoryDisk")
+    }
 }
 
 impl EngineConfig {
@@ -47,6 +72,7 @@ impl EngineConfig {
             entry_cache_bytes: 256 << 20,
             entry_cache_bytes_per_range: 4 << 20,
             manual_wal_flush: false,
+            memory: None,
         }
     }
 }
@@ -133,6 +159,9 @@ impl Engine {
         options.set_bytes_per_sync(1 << 20);
         options.set_max_total_wal_size(512 << 20);
         options.set_manual_wal_flush(config.manual_wal_flush);
+        if let Some(memory) = &config.memory {
+            options.set_env(&memory.0);
+        }
         let cfs = [Cf::Raft, Cf::Data, Cf::Meta]
             .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(cf)));
         let db = DB::open_cf_descriptors(&options, &config.path, cfs)?;

@@ -16,7 +16,7 @@ mod snapshot;
 
 pub use self::cache::CacheBudget;
 pub use self::codec::{decode, encode, CodecError};
-pub use self::engine::{Cf, Engine, EngineConfig};
+pub use self::engine::{Cf, Engine, EngineConfig, MemoryDisk};
 pub use self::error::EngineError;
 pub use self::log_store::{LogBatch, RangeLog};
 pub use self::snapshot::{

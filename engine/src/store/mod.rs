@@ -3,10 +3,12 @@
 //! replicas of one node run in rounds with one group-commit write each. The poller threads, the
 //! transport sink, the client service and the binary arrive with the node issue.
 
+mod events;
 mod peer;
 mod replicas;
 mod runtime;
 
+pub use self::events::SnapshotReceipt;
 pub use self::peer::{prepare_snapshot, Peer, PeerError, RoundOutput};
 pub use self::replicas::{Command, Outcome, Proposal, ProposeRefused, Store, StoreRound, Ticket};
 pub use self::runtime::{

@@ -49,6 +49,10 @@ pub struct StoreRound {
 /// How many election timeouts a leader keeps telling a removed replica it was removed.
 const TOMBSTONE_RESENDS: u64 = 100;
 
+/// A replica that heard from no leader for this many election timeouts asks the replicas it
+/// knows whether it is still a member (and again as often while it stays so).
+const MEMBERSHIP_CHECK_TIMEOUTS: u64 = 5;
+
 /// How far behind the leader's commit index a learner may be and still be promoted.
 const PROMOTE_MAX_LAG_ENTRIES: u64 = 64;
 
@@ -143,6 +147,22 @@ fn is_removed_sender(peer: &mut Peer, m: &Message) -> bool {
             .any(|r| r.replica_id == m.from)
 }
 
+/// Whether `m` asks for a vote (or a pre-vote) from a replica that this replica's applied
+/// configuration does not have, with no membership change pending here.
+fn is_stale_campaign(peer: &mut Peer, m: &Message) -> bool {
+    let campaign = m.msg_type == MessageType::RequestVote as i32
+        || m.msg_type == MessageType::RequestPreVote as i32;
+    campaign
+        && m.from != 0
+        && !peer.raft().has_pending_conf_change()
+        && !peer
+            .applier()
+            .descriptor()
+            .replicas
+            .iter()
+            .any(|r| r.replica_id == m.from)
+}
+
 /// The replicas hosted by one node.
 pub struct Store {
     engine: Arc<Engine>,
@@ -162,6 +182,8 @@ pub struct Store {
     /// Replicas this node's leaders removed and that have not acknowledged their tombstone
     /// yet, by range: sent again every election timeout (the range stays awake meanwhile).
     tombstones: BTreeMap<u64, PendingTombstones>,
+    /// Ticks since each ticking non-leader replica last heard from a leader.
+    leaderless_ticks: BTreeMap<u64, u64>,
 }
 
 /// Removed replicas a leader still has to tell.
@@ -237,6 +259,7 @@ impl Store {
             woken: Vec::new(),
             extra: BTreeMap::new(),
             tombstones: BTreeMap::new(),
+            leaderless_ticks: BTreeMap::new(),
         };
         for range_id in engine.range_ids()?.into_iter().filter(|r| hosts(*r)) {
             let descriptor = engine
@@ -339,6 +362,39 @@ impl Store {
     pub fn tick_range(&mut self, range_id: u64) -> Result<(), PeerError> {
         if let Some(peer) = self.peers.get_mut(&range_id) {
             peer.raft().tick()?;
+            let timeout = self.raft.election_timeout_ticks.max(1);
+            if peer.raft().status().role == Role::Leader {
+                self.leaderless_ticks.remove(&range_id);
+            } else {
+                let silent = self.leaderless_ticks.entry(range_id).or_default();
+                *silent += 1;
+                if silent.is_multiple_of(MEMBERSHIP_CHECK_TIMEOUTS * timeout) {
+                    // Removed while away, with the leader that would have said so gone: a
+                    // learner never campaigns, so nobody else would tell it.
+                    let status = peer.raft().status();
+                    let descriptor = peer.applier().descriptor();
+                    let query = Message {
+                        msg_type: MessageType::MembershipQuery as i32,
+                        from: status.id,
+                        term: status.term,
+                        index: conf_ver_of(descriptor),
+                        ..Message::default()
+                    };
+                    for r in descriptor
+                        .replicas
+                        .iter()
+                        .filter(|r| r.replica_id != status.id)
+                    {
+                        self.extra.entry(r.node_id).or_default().push((
+                            range_id,
+                            Message {
+                                to: r.replica_id,
+                                ..query.clone()
+                            },
+                        ));
+                    }
+                }
+            }
             if let Some(pending) = self.tombstones.get_mut(&range_id) {
                 let status = peer.raft().status();
                 pending.ticks += 1;
@@ -393,8 +449,23 @@ impl Store {
         if message.msg_type == MessageType::Tombstone as i32 {
             return self.on_tombstone(range_id, from_node, &message);
         }
+        if message.msg_type == MessageType::MembershipQuery as i32 {
+            self.on_membership_query(range_id, from_node, &message);
+            return Ok(false);
+        }
+        if matches!(
+            MessageType::try_from(message.msg_type),
+            Ok(MessageType::Heartbeat | MessageType::Append | MessageType::Snapshot)
+        ) {
+            self.leaderless_ticks.remove(&range_id);
+        }
         if self.wakes(range_id, &message) {
             self.wake(range_id);
+        }
+        // The transport names the sending node: a replica this node's descriptors do not know
+        // yet (one added while this replica was behind, now its leader) gets its answers.
+        if message.from != 0 && from_node != 0 {
+            self.nodes_of_replicas.insert(message.from, from_node);
         }
         let Some(peer) = self.peers.get_mut(&range_id) else {
             self.answer_for_missing(range_id, from_node, &message)?;
@@ -410,6 +481,17 @@ impl Store {
             return Ok(false);
         }
         let status = peer.raft().status();
+        if is_stale_campaign(peer, &message) {
+            // A replica outside this range's applied configuration campaigns: one removed
+            // while it was away (its leader, which would tell it, may be gone). Telling it
+            // is safe from any replica: it deletes itself only if this configuration is newer
+            // than its own, which a replica added after it is not.
+            let conf_ver = conf_ver_of(peer.applier().descriptor());
+            self.extra.entry(from_node).or_default().push((
+                range_id,
+                tombstone(message.from, status.id, status.term, conf_ver, false),
+            ));
+        }
         let from_leader = matches!(
             MessageType::try_from(message.msg_type),
             Ok(MessageType::Heartbeat | MessageType::Append)
@@ -485,6 +567,27 @@ impl Store {
         Ok(())
     }
 
+    /// A replica asks whether it is still a member: answered with a tombstone when this
+    /// replica's applied configuration is newer than the asker's and lacks it.
+    fn on_membership_query(&mut self, range_id: u64, from_node: u64, m: &Message) {
+        let Some(peer) = self.peers.get_mut(&range_id) else {
+            return;
+        };
+        if m.from == 0 || peer.raft().has_pending_conf_change() {
+            return;
+        }
+        let descriptor = peer.applier().descriptor();
+        let conf_ver = conf_ver_of(descriptor);
+        if conf_ver <= m.index || descriptor.replicas.iter().any(|r| r.replica_id == m.from) {
+            return;
+        }
+        let status = peer.raft().status();
+        self.extra.entry(from_node).or_default().push((
+            range_id,
+            tombstone(m.from, status.id, status.term, conf_ver, false),
+        ));
+    }
+
     /// A leader says a membership change removed this replica: it deletes its data.
     fn on_tombstone(
         &mut self,
@@ -505,11 +608,17 @@ impl Store {
         let destroyed = match self.peers.get_mut(&range_id) {
             Some(peer) => {
                 let status = peer.raft().status();
-                if status.id != m.to || status.role == Role::Leader {
+                let descriptor = peer.applier().descriptor().clone();
+                // A removal is a configuration this replica never applied (had it, it would
+                // have deleted itself): a tombstone not newer than what it has is stale, or
+                // from a replica that is behind it.
+                if status.id != m.to
+                    || status.role == Role::Leader
+                    || m.index <= conf_ver_of(&descriptor)
+                {
                     return Ok(false);
                 }
-                let descriptor = peer.applier().descriptor().clone();
-                let conf_ver = conf_ver_of(&descriptor).max(m.index);
+                let conf_ver = m.index;
                 self.destroy(&descriptor, status.id, conf_ver)?;
                 true
             }
@@ -548,6 +657,7 @@ impl Store {
         conf_ver: u64,
     ) -> Result<(), PeerError> {
         self.peers.remove(&descriptor.id);
+        self.leaderless_ticks.remove(&descriptor.id);
         let gone: Vec<(u64, u64)> = self
             .pending
             .range((descriptor.id, 0)..=(descriptor.id, u64::MAX))

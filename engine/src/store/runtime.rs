@@ -34,9 +34,10 @@ use flotilla_transport::kv::{
     admin_request, AdminRequest, CommandHeader, RaftCommand, SplitRequest, WriteResponse,
 };
 use flotilla_transport::raft::{Message, MessageType};
-use flotilla_transport::service::{read_request, read_response, ReadConsistency, ReadRequest};
+use flotilla_transport::service::{read_response, ReadConsistency, ReadRequest};
 use tokio::sync::oneshot;
 
+use super::events::SnapshotReceipt;
 use super::peer::{prepare_snapshot, PeerError};
 use super::replicas::{
     Command as StoreCommand, Outcome, Proposal, ProposeRefused, Store, StoreRound,
@@ -44,7 +45,7 @@ use super::replicas::{
 use crate::kv::{self, check_range, KvConfig, KvError};
 use crate::raft::{Config, ReadError as RaftReadError, Role};
 use crate::storage::{Engine, ReceivedSnapshot, SnapshotParts};
-use flotilla_transport::meta::{RangeEpoch, ReplicaRole};
+use flotilla_transport::meta::RangeEpoch;
 
 /// Where the runtime's outgoing traffic goes: the QUIC transport on a node, an in-memory
 /// network in tests.
@@ -101,6 +102,9 @@ pub struct RuntimeConfig {
     pub max_commands_per_round: usize,
     /// Size of the chunks of outgoing snapshots.
     pub snapshot_chunk_bytes: usize,
+    /// Snapshots this node builds and streams at once, to all peers together (each one reads
+    /// a whole range into memory); the others wait their turn.
+    pub max_snapshot_sends: usize,
     /// Log GC: a replica keeping more applied entries than this releases its log up to its
     /// applied index (checked every second); followers further behind get a snapshot.
     pub log_gc_threshold_entries: u64,
@@ -127,6 +131,7 @@ impl RuntimeConfig {
             max_pending_requests: 65_536,
             max_commands_per_round: 4096,
             snapshot_chunk_bytes: 1024 * 1024,
+            max_snapshot_sends: 4,
             log_gc_threshold_entries: 10_000,
             quiesce: true,
             max_wakeups_per_tick: 1000,
@@ -486,7 +491,7 @@ struct Poller {
     /// Quiet ranges to wake, a bounded number per tick, with the down node that woke them.
     to_wake: std::collections::VecDeque<(u64, u64)>,
     /// Nodes the transport reports down.
-    down: std::collections::HashSet<u64>,
+    down: std::collections::BTreeSet<u64>,
     /// Bytes proposed per range since its last size check.
     written: HashMap<u64, u64>,
     /// A round is due at once (a Ready left over, a compaction staged).
@@ -553,7 +558,7 @@ impl Poller {
             confirmed: BTreeMap::new(),
             next_read_id: random_u64(),
             to_wake: std::collections::VecDeque::new(),
-            down: std::collections::HashSet::new(),
+            down: std::collections::BTreeSet::new(),
             written: HashMap::new(),
             more: false,
             next_expiry: now,
@@ -691,8 +696,8 @@ impl Poller {
             let Some((range_id, dead)) = self.to_wake.pop_front() else {
                 break;
             };
-            self.store.wake(range_id);
-            self.elect_after_leader_loss(range_id, dead)?;
+            self.store
+                .wake_after_node_down(range_id, dead, &self.down)?;
             worked = true;
         }
         self.schedule_woken(now);
@@ -738,59 +743,14 @@ impl Poller {
         }
     }
 
-    /// A woken follower whose leader's node is down forgets that leader (so it grants votes
-    /// at once), and the voter on the lowest live node campaigns right away: one candidate
-    /// per range, no split votes, no waiting out an election timeout.
-    fn elect_after_leader_loss(&mut self, range_id: u64, dead: u64) -> Result<(), PeerError> {
-        if self.store.leader_node(range_id) != Some(dead) {
-            return Ok(());
-        }
-        let me = self.config.node_id;
-        let down = &self.down;
-        let Some(peer) = self.store.peer_mut(range_id) else {
-            return Ok(());
-        };
-        if !peer.raft().forget_leader() {
-            return Ok(());
-        }
-        let first_live_voter = peer
-            .applier()
-            .descriptor()
-            .replicas
-            .iter()
-            .filter(|r| r.role == ReplicaRole::Voter as i32 && r.node_id != dead)
-            .filter(|r| !down.contains(&r.node_id))
-            .map(|r| r.node_id)
-            .min();
-        if first_live_voter == Some(me) {
-            peer.raft().campaign()?;
-        }
-        Ok(())
-    }
-
     /// Queues the quiet ranges that `node` going down concerns for waking.
     fn node_down(&mut self, node: u64) {
         self.down.insert(node);
-        let ids: Vec<u64> = self.store.range_ids().collect();
-        for range_id in ids {
-            if !self.store.is_quiet(range_id) {
-                continue;
-            }
-            let leader = self.store.leader_node(range_id);
-            let is_leader = leader == Some(self.config.node_id);
-            let hosts_node = self.store.peer(range_id).is_some_and(|p| {
-                p.applier()
-                    .descriptor()
-                    .replicas
-                    .iter()
-                    .any(|r| r.node_id == node)
-            });
-            if leader == Some(node) || (is_leader && hosts_node) || leader.is_none() {
-                self.to_wake.push_back((range_id, node));
-            }
-        }
+        let concerned = self.store.quiet_ranges_concerning(node);
         metrics::counter!("flotilla_store_liveness_wakeups_total")
-            .increment(self.to_wake.len() as u64);
+            .increment(concerned.len() as u64);
+        self.to_wake
+            .extend(concerned.into_iter().map(|range_id| (range_id, node)));
     }
 
     /// Handles one command; `false` to stop.
@@ -800,34 +760,13 @@ impl Poller {
                 self.store.step(range_id, from_node, message)?;
             }
             Command::Snapshot(range_id, message, data) => {
-                // A snapshot whose span overlaps another range here (a split this replica has
-                // not caught up with yet) waits: the leader sends it again later.
-                if let Err(e) = data.check_no_overlap(self.store.engine()) {
-                    tracing::info!(node = self.config.node_id, range = range_id, error = %e,
-                        "snapshot deferred");
-                    return Ok(true);
-                }
-                if self.store.peer(range_id).is_none() {
-                    // A range split off while this replica was behind: it never applied the
-                    // split, so the range comes to it as a snapshot. Create it from that.
-                    if !self.store.create_for_snapshot(&data)? {
-                        return Ok(true);
-                    }
+                if self.store.receive_snapshot(range_id, message, *data)?
+                    == SnapshotReceipt::Created
+                {
                     self.shared.routes.write().insert(range_id, self.index);
                     let due =
                         Instant::now() + phase(self.config.node_id, range_id, self.config.tick);
                     self.ticks.push(Reverse((due, range_id)));
-                }
-                self.store.wake(range_id);
-                if let Some(peer) = self.store.peer_mut(range_id) {
-                    match peer.step_snapshot(message, *data) {
-                        Ok(()) => {}
-                        Err(e @ (PeerError::SnapshotMismatch { .. } | PeerError::Raft(_))) => {
-                            tracing::warn!(node = self.config.node_id, range = range_id,
-                                error = %e, "snapshot refused");
-                        }
-                        Err(e) => return Err(e),
-                    }
                 }
             }
             Command::SnapshotDone { range_id, to, ok } => {
@@ -973,7 +912,7 @@ impl Poller {
         let is_leader = peer.raft().status().role == Role::Leader;
         match consistency {
             ReadConsistency::Stale => {
-                let _ = reply.send(serve(&self.store, &request));
+                let _ = reply.send(self.store.serve_read(&request));
                 return;
             }
             ReadConsistency::Linearizable if !is_leader => {
@@ -1090,7 +1029,7 @@ impl Poller {
         self.confirmed.retain(|_, w| !w.is_empty());
         for id in done {
             if let Some(read) = self.reads.remove(&id) {
-                let _ = read.reply.send(serve(&self.store, &read.request));
+                let _ = read.reply.send(self.store.serve_read(&read.request));
             }
         }
     }
@@ -1316,29 +1255,4 @@ impl Poller {
             reply_command(command, RequestError::Unavailable(why.to_string()));
         }
     }
-}
-
-/// Serves a read from the range's applied state.
-fn serve(store: &Store, request: &ReadRequest) -> ReadResult {
-    let range_id = request.range_id;
-    let peer = store
-        .peer(range_id)
-        .ok_or(KvError::RangeNotFound(range_id))?;
-    let descriptor = peer.applier().descriptor();
-    let config = peer.applier().config();
-    check_range(descriptor, range_id, request.epoch.as_ref())?;
-    let engine = store.engine();
-    let result = match &request.request {
-        Some(read_request::Request::Get(get)) => {
-            kv::get(engine, descriptor, &get.key, config).map(read_response::Response::Get)
-        }
-        Some(read_request::Request::Scan(scan)) => {
-            kv::scan(engine, descriptor, scan, config).map(read_response::Response::Scan)
-        }
-        None => return Err(KvError::Malformed("unknown read operation".into()).into()),
-    };
-    result.map_err(|e| match e {
-        kv::ReadError::Refused(e) => RequestError::Refused(e),
-        kv::ReadError::Storage(e) => RequestError::Unavailable(e.to_string()),
-    })
 }

@@ -96,6 +96,11 @@ impl Network {
         Fate::Deliver(delays)
     }
 
+    /// Whether the link `from -> to` loses everything now.
+    pub fn is_cut(&self, from: u64, to: u64) -> bool {
+        self.cut.contains(&(from, to))
+    }
+
     pub fn cut_one_way(&mut self, from: u64, to: u64) {
         self.cut.insert((from, to));
     }
