@@ -18,12 +18,10 @@ base_port=7301
 metrics_port=9301
 hz=$(getconf CLK_TCK)
 
+. "$(dirname "$0")/lib.sh"
+
 cleanup() { "$bin" cluster down --dir "$dir/run" >/dev/null 2>&1 || true; rm -rf "$dir"; }
 trap cleanup EXIT
-
-metric() { # port name -> value (sum over label sets)
-  curl -s "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m || index($1, m "{") == 1 { s += $2 } END { print s + 0 }'
-}
 
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
@@ -34,20 +32,7 @@ measure() {
   rm -rf "$dir/run"
   "$bin" cluster up --nodes 3 --ranges "$n" --dir "$dir/run" --detach \
     --base-port $base_port --metrics-base-port $metrics_port >/dev/null
-  local deadline=$((SECONDS + 600)) all_quiet=0
-  while [ $SECONDS -lt $deadline ]; do
-    all_quiet=1
-    for i in 0 1 2; do
-      local port=$((metrics_port + i))
-      local total quiet
-      total=$(metric $port flotilla_store_ranges)
-      quiet=$(metric $port flotilla_store_quiet_ranges)
-      if [ "$total" -lt "$((n + 1))" ] || [ "$quiet" -lt "$total" ]; then all_quiet=0; fi
-    done
-    [ $all_quiet -eq 1 ] && break
-    sleep 1
-  done
-  [ $all_quiet -eq 1 ] || { echo "idle-cost: $n ranges did not all go quiet in 10 minutes" >&2; exit 1; }
+  wait_quiet $metrics_port 3 $((n + 1))
   mapfile -t pids < <(awk '{ print $2 }' "$dir/run/pids")
   local before=() after=() rss=0 cpu_max=0
   for p in "${pids[@]}"; do before+=("$(ticks "$p")"); done

@@ -33,8 +33,9 @@ listen = "127.0.0.1:7001"
 # Every initial member as `id=host:port`, comma-separated (like etcd's --initial-cluster). A
 # node with an empty data directory that is named here creates ranges 1 and 2 with all of them.
 initial-cluster = ""
-# User ranges a new cluster starts with: the keyspace pre-split at evenly spaced two-byte key
-# prefixes (1-65536). Must be the same on every initial member; ignored after bootstrap.
+# User ranges a new cluster starts with: the keyspace pre-split at evenly spaced key prefixes
+# (two bytes up to 65536 ranges, three beyond; at most 1048576). Must be the same on every
+# initial member; ignored after bootstrap.
 initial-ranges = 1
 # Not an initial member: start with no range and receive replicas from the cluster (an
 # operator adds them with `replica add`). `initial-cluster` still names the members to reach

@@ -83,8 +83,10 @@ impl NodeConfig {
                     .into(),
             );
         }
-        if self.initial_ranges == 0 || self.initial_ranges > 65_536 {
-            return Err("initial-ranges: between 1 and 65536".into());
+        if self.initial_ranges == 0 || self.initial_ranges > MAX_INITIAL_RANGES {
+            return Err(format!(
+                "initial-ranges: between 1 and {MAX_INITIAL_RANGES}"
+            ));
         }
         if self.runtime.max_snapshot_sends == 0 {
             return Err("max-snapshot-sends: must be at least 1".into());
@@ -182,18 +184,23 @@ fn bootstrap_descriptor(
     }
 }
 
+/// The most user ranges a bootstrap creates.
+pub const MAX_INITIAL_RANGES: u32 = 1 << 20;
+
 /// The user ranges a bootstrap creates: `[0x01, +inf)` cut into `count` ranges at evenly
-/// spaced two-byte prefixes (a pre-split, for clusters that know they will hold many ranges,
-/// and for measuring many ranges per node).
+/// spaced key prefixes, two bytes up to 65,536 ranges and three beyond (a pre-split, for
+/// clusters that know they will hold many ranges, and for measuring many ranges per node).
 fn bootstrap_user_spans(count: u32) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let count = u64::from(count.clamp(1, 65_536));
+    let count = u64::from(count.clamp(1, MAX_INITIAL_RANGES));
+    let width: u32 = if count <= 1 << 16 { 2 } else { 3 };
+    let space = 1u64 << (8 * width);
     let boundary = |i: u64| -> Vec<u8> {
         if i == 0 {
             return vec![keys::USER_KEY_PREFIX];
         }
-        let v = u16::try_from(i * 65_536 / count).unwrap_or(u16::MAX);
+        let v = i * space / count;
         let mut k = vec![keys::USER_KEY_PREFIX];
-        k.extend_from_slice(&v.to_be_bytes());
+        k.extend_from_slice(&v.to_be_bytes()[8 - width as usize..]);
         k
     };
     (0..count)
@@ -536,7 +543,7 @@ mod tests {
 
     #[test]
     fn bootstrap_spans_cover_the_user_keyspace_without_gaps() {
-        for count in [1u32, 2, 3, 7, 1000, 65_536] {
+        for count in [1u32, 2, 3, 7, 1000, 65_536, 65_537, 100_000] {
             let spans = bootstrap_user_spans(count);
             assert_eq!(spans.len(), count as usize);
             assert_eq!(spans[0].0, vec![keys::USER_KEY_PREFIX]);

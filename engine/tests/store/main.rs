@@ -332,6 +332,7 @@ fn a_lagging_replica_catches_up_by_snapshot() {
     }
 }
 
+mod membership;
 mod multi;
 mod runtime;
 
