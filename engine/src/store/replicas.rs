@@ -137,14 +137,16 @@ fn is_removed_sender(peer: &mut Peer, m: &Message) -> bool {
     } else {
         m.term
     };
-    status.role == Role::Leader
-        && term <= status.term
-        && !peer
-            .applier()
-            .descriptor()
-            .replicas
-            .iter()
-            .any(|r| r.replica_id == m.from)
+    status.role == Role::Leader && term <= status.term && !has_replica(peer, m.from)
+}
+
+/// Whether the range's applied descriptor has replica `replica_id`.
+fn has_replica(peer: &Peer, replica_id: u64) -> bool {
+    peer.applier()
+        .descriptor()
+        .replicas
+        .iter()
+        .any(|r| r.replica_id == replica_id)
 }
 
 /// Whether `m` asks for a vote (or a pre-vote) from a replica that this replica's applied
@@ -152,15 +154,7 @@ fn is_removed_sender(peer: &mut Peer, m: &Message) -> bool {
 fn is_stale_campaign(peer: &mut Peer, m: &Message) -> bool {
     let campaign = m.msg_type == MessageType::RequestVote as i32
         || m.msg_type == MessageType::RequestPreVote as i32;
-    campaign
-        && m.from != 0
-        && !peer.raft().has_pending_conf_change()
-        && !peer
-            .applier()
-            .descriptor()
-            .replicas
-            .iter()
-            .any(|r| r.replica_id == m.from)
+    campaign && m.from != 0 && !peer.raft().has_pending_conf_change() && !has_replica(peer, m.from)
 }
 
 /// The replicas hosted by one node.

@@ -11,6 +11,11 @@ use rand_chacha::ChaCha8Rng;
 pub type Micros = u64;
 pub const TICK_US: Micros = 1_000;
 
+/// Prints one line of a narrated run, stamped with its simulated time.
+pub fn narrate(now: Micros, what: &str) {
+    println!("{:>8.1} ticks  {what}", now as f64 / TICK_US as f64);
+}
+
 #[derive(Clone, Debug)]
 pub struct NetworkConfig {
     pub drop_rate: f64,

@@ -212,11 +212,7 @@ impl StoreWorld {
 
     fn say(&self, what: impl FnOnce() -> String) {
         if self.verbose {
-            println!(
-                "{:>8.1} ticks  {}",
-                self.now as f64 / TICK_US as f64,
-                what()
-            );
+            crate::network::narrate(self.now, &what());
         }
     }
 
@@ -257,6 +253,14 @@ impl StoreWorld {
     }
 
     fn handle(&mut self, event: Event) -> Result<(), String> {
+        // What arrives at a stalled process waits until it resumes (in arrival order).
+        if let Event::Deliver { to, .. } | Event::Snapshot { to, .. } = &event {
+            if let Some(until) = self.stalled(*to) {
+                let delay = until - self.now + self.rng.random_range(0..50);
+                self.schedule(delay, event);
+                return Ok(());
+            }
+        }
         match event {
             Event::Tick { node, incarnation } => self.on_tick(node, incarnation)?,
             Event::Round { node, incarnation } => {
@@ -271,19 +275,6 @@ impl StoreWorld {
                 range,
                 message,
             } => {
-                if let Some(until) = self.stalled(to) {
-                    let delay = until - self.now + self.rng.random_range(0..50);
-                    self.schedule(
-                        delay,
-                        Event::Deliver {
-                            to,
-                            from,
-                            range,
-                            message,
-                        },
-                    );
-                    return Ok(());
-                }
                 let Some(store) = self.node(to).store.as_mut() else {
                     return Ok(());
                 };
@@ -690,21 +681,6 @@ impl StoreWorld {
         message: Box<Message>,
         parts: Box<SnapshotParts>,
     ) -> Result<(), String> {
-        if let Some(until) = self.stalled(to) {
-            let delay = until - self.now + 1;
-            self.schedule(
-                delay,
-                Event::Snapshot {
-                    to,
-                    from,
-                    from_incarnation,
-                    range,
-                    message,
-                    parts,
-                },
-            );
-            return Ok(());
-        }
         let to_replica = message.to;
         let mut ok = false;
         if let Some(store) = self.node(to).store.as_mut() {

@@ -300,11 +300,7 @@ impl World {
 
     fn say(&self, what: impl FnOnce() -> String) {
         if self.verbose {
-            println!(
-                "{:>8.1} ticks  {}",
-                self.now as f64 / TICK_US as f64,
-                what()
-            );
+            crate::network::narrate(self.now, &what());
         }
     }
 

@@ -558,6 +558,12 @@ impl StoreWorld {
         }
     }
 
+    /// Whether `waiting` is for the operation its client runs now (not an earlier one).
+    fn is_current(&self, waiting: &Waiting) -> bool {
+        let c = &self.clients[waiting.client];
+        c.op_no == waiting.op_no && c.op.is_some()
+    }
+
     /// A proposed write ended at `waiting`'s node.
     pub(super) fn write_answered(
         &mut self,
@@ -566,7 +572,7 @@ impl StoreWorld {
         outcome: Outcome,
     ) -> Result<(), String> {
         let client = waiting.client;
-        if self.clients[client].op_no != waiting.op_no || self.clients[client].op.is_none() {
+        if !self.is_current(&waiting) {
             return Ok(());
         }
         match outcome {
@@ -667,7 +673,7 @@ impl StoreWorld {
         answer: ReadResult,
     ) -> Result<(), String> {
         let client = waiting.client;
-        if self.clients[client].op_no != waiting.op_no || self.clients[client].op.is_none() {
+        if !self.is_current(&waiting) {
             return Ok(());
         }
         match answer {
