@@ -11,9 +11,9 @@ use flotilla_transport::kv::{
     ReplicaChangeKind, SplitRequest, SplitResponse, TransferLeaderRequest,
 };
 use flotilla_transport::kv::{
-    txn_op, write_request, write_response, CommandHeader, DeleteRangeRequest, DeleteRequest,
-    ErrorCode, GetRequest, KeyValue, KvError as WireError, PutRequest, RaftCommand, ScanRequest,
-    TxnRequest, TxnResponse, WriteRequest, WriteResponse,
+    write_request, write_response, CommandHeader, DeleteRangeRequest, DeleteRequest, ErrorCode,
+    GetRequest, KeyValue, KvError as WireError, PutRequest, RaftCommand, TxnRequest, TxnResponse,
+    WriteRequest, WriteResponse,
 };
 use flotilla_transport::meta::RangeDescriptor;
 use flotilla_transport::service::{
@@ -26,13 +26,13 @@ use parking_lot::Mutex;
 use prost::Message as _;
 use rand::Rng;
 
-use crate::cache::{RangeCache, Route};
+pub(crate) use crate::cache::{RangeCache, Route};
 use crate::config::ClientConfig;
 use crate::error::ClientError;
 
 const USER_KEY_PREFIX: u8 = 0x01;
 
-fn internal(key: &[u8]) -> Vec<u8> {
+pub(crate) fn internal(key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(key.len() + 1);
     k.push(USER_KEY_PREFIX);
     k.extend_from_slice(key);
@@ -49,22 +49,65 @@ fn now_ms() -> u64 {
 enum Step<T> {
     Done(T),
     /// Worth another attempt (the cache or the target was corrected); why, for the error
-    /// after the deadline.
-    Retry(String),
+    /// after the deadline, and whether the node may have taken a write (no definite answer).
+    Retry {
+        why: String,
+        maybe_taken: bool,
+    },
     Fail(ClientError),
+}
+
+impl<T> Step<T> {
+    /// Another attempt after a definite answer: nothing was taken.
+    fn retry(why: impl Into<String>) -> Self {
+        Step::Retry {
+            why: why.into(),
+            maybe_taken: false,
+        }
+    }
+
+    /// Another attempt after no definite answer: a write may have been taken.
+    fn unsure(why: impl Into<String>) -> Self {
+        Step::Retry {
+            why: why.into(),
+            maybe_taken: true,
+        }
+    }
+}
+
+/// Whether range `d` holds the internal span `[start, end)` (an empty end: past every key).
+fn holds(d: &RangeDescriptor, start: &[u8], end: &[u8]) -> bool {
+    let starts_inside = start >= d.start_key.as_ref();
+    let ends_inside = if d.end_key.is_empty() {
+        true
+    } else {
+        !end.is_empty() && end <= d.end_key.as_ref()
+    };
+    starts_inside && ends_inside
+}
+
+/// What a call is, for routing and for the error at its deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Call {
+    /// A write: to the leader; unanswered, it may have applied.
+    Write,
+    /// A read at the leader (linearizable).
+    Leader,
+    /// A read any replica may serve (follower and stale reads).
+    AnyReplica,
 }
 
 /// A connection to a cluster. Cheap to clone; share one per process.
 #[derive(Clone)]
 pub struct Client {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    config: ClientConfig,
+pub(crate) struct Inner {
+    pub(crate) config: ClientConfig,
     endpoint: ClientEndpoint,
-    cache: Mutex<RangeCache>,
-    nodes: Mutex<BTreeMap<u64, SocketAddr>>,
+    pub(crate) cache: Mutex<RangeCache>,
+    pub(crate) nodes: Mutex<BTreeMap<u64, SocketAddr>>,
     /// The session new writes use; replaced before the servers could expire it.
     session: Mutex<Arc<Session>>,
     /// Writes in flight: the servers keep a bounded number of responses per session.
@@ -195,7 +238,7 @@ impl Client {
     }
 
     /// Every address the client knows: the configured endpoints and the members learned.
-    fn addresses(&self) -> Vec<SocketAddr> {
+    pub(crate) fn addresses(&self) -> Vec<SocketAddr> {
         let mut all: Vec<SocketAddr> = self.inner.nodes.lock().values().copied().collect();
         for e in &self.inner.config.endpoints {
             if !all.contains(e) {
@@ -205,7 +248,7 @@ impl Client {
         all
     }
 
-    fn next_address(&self) -> SocketAddr {
+    pub(crate) fn next_address(&self) -> SocketAddr {
         let all = self.addresses();
         let i = self.inner.next_endpoint.fetch_add(1, Ordering::Relaxed);
         all[i % all.len()]
@@ -221,7 +264,7 @@ impl Client {
     }
 
     /// One attempt, cut at the attempt timeout or at `deadline`, whichever comes first.
-    async fn call_within(
+    pub(crate) async fn call_within(
         &self,
         addr: SocketAddr,
         method: &str,
@@ -262,7 +305,7 @@ impl Client {
     }
 
     /// Reloads members and routes from the next node that answers, by `deadline`.
-    async fn refresh(&self, deadline: Option<Instant>) -> Result<(), ClientError> {
+    pub(crate) async fn refresh(&self, deadline: Option<Instant>) -> Result<(), ClientError> {
         let mut last = None;
         for _ in 0..self.addresses().len() {
             let addr = self.next_address();
@@ -330,7 +373,7 @@ impl Client {
                     self.inner.nodes.lock().insert(e.leader_node, addr);
                 }
                 self.inner.cache.lock().set_leader(range_id, e.leader_node);
-                Step::Retry(e.message.clone())
+                Step::retry(e.message.clone())
             }
             ErrorCode::EpochNotMatch | ErrorCode::KeyNotInRange => {
                 let mut cache = self.inner.cache.lock();
@@ -338,16 +381,17 @@ impl Client {
                     Some(current) => cache.insert(current.clone(), route.leader_node),
                     None => cache.remove(range_id),
                 }
-                Step::Retry(e.message.clone())
+                Step::retry(e.message.clone())
             }
             ErrorCode::RangeNotFound => {
                 self.inner.cache.lock().remove(range_id);
-                Step::Retry(e.message.clone())
+                Step::retry(e.message.clone())
             }
-            ErrorCode::ServerBusy
-            | ErrorCode::Timeout
-            | ErrorCode::ProposalDropped
-            | ErrorCode::NotReady => Step::Retry(e.message.clone()),
+            ErrorCode::ServerBusy | ErrorCode::ProposalDropped | ErrorCode::NotReady => {
+                Step::retry(e.message.clone())
+            }
+            // Proposed, then no answer: the write may yet apply.
+            ErrorCode::Timeout => Step::unsure(e.message.clone()),
             _ => Step::Fail(ClientError::Refused {
                 code,
                 message: e.message.clone(),
@@ -368,7 +412,7 @@ impl Client {
         }
         // The node may be down or partitioned: forget it as leader, try another.
         self.inner.cache.lock().set_leader(route.descriptor.id, 0);
-        Step::Retry(e.to_string())
+        Step::unsure(e.to_string())
     }
 
     /// Runs `attempt` against the range of internal key `key` until it is done, fails for
@@ -377,7 +421,7 @@ impl Client {
     async fn with_retries<T, F, Fut>(
         &self,
         key: &[u8],
-        any_replica: bool,
+        kind: Call,
         mut attempt: F,
     ) -> Result<T, ClientError>
     where
@@ -387,6 +431,7 @@ impl Client {
         let deadline = Instant::now() + self.inner.config.deadline;
         let mut backoff = Duration::from_millis(10);
         let mut last = String::from("no attempt");
+        let mut maybe_taken = false;
         let pause = |backoff: Duration| {
             let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
             let wait = backoff + Duration::from_millis(jitter);
@@ -397,7 +442,7 @@ impl Client {
             let route = match located {
                 Some(r) => r,
                 None => {
-                    if let Err(e) = self.refresh(Some(deadline)).await {
+                    if let Err(e) = self.locate(key, deadline).await {
                         last = e.to_string();
                     }
                     let located = self.inner.cache.lock().locate(key);
@@ -411,22 +456,27 @@ impl Client {
                     }
                 }
             };
-            let addr = self.target(&route, any_replica);
+            let addr = self.target(&route, kind == Call::AnyReplica);
             match attempt(route, addr, deadline).await {
                 Step::Done(v) => return Ok(v),
                 Step::Fail(e) => return Err(e),
-                Step::Retry(why) => {
+                Step::Retry {
+                    why,
+                    maybe_taken: unsure,
+                } => {
                     tracing::debug!(%addr, reason = %why, "retrying");
                     last = why;
+                    maybe_taken |= unsure;
                 }
             }
             pause(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(500));
         }
-        Err(ClientError::Timeout {
-            deadline_ms: self.inner.config.deadline.as_millis() as u64,
-            last,
-        })
+        let deadline_ms = self.inner.config.deadline.as_millis() as u64;
+        if kind == Call::Write && maybe_taken {
+            return Err(ClientError::Indeterminate { deadline_ms, last });
+        }
+        Err(ClientError::Timeout { deadline_ms, last })
     }
 
     /// Applies one write to the range holding `routing_key` (a user key), exactly once.
@@ -604,6 +654,19 @@ impl Client {
         request: Option<WriteRequest>,
         admin: Option<AdminRequest>,
     ) -> Result<WriteResponse, ClientError> {
+        self.command_within(routing_key, request, admin, None).await
+    }
+
+    /// [`Client::command`] for a write that must lie within one range: `span` (internal keys,
+    /// `[start, end)`, an empty end past every key) is checked against the range each attempt
+    /// routes to, and a span the range does not hold fails with `CrossRange`, unsent.
+    pub(crate) async fn command_within(
+        &self,
+        routing_key: &[u8],
+        request: Option<WriteRequest>,
+        admin: Option<AdminRequest>,
+        span: Option<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<WriteResponse, ClientError> {
         let _permit = self
             .inner
             .writes
@@ -613,36 +676,59 @@ impl Client {
         let session = self.session();
         let guard = session.begin();
         let seq = guard.seq;
-        self.with_retries(&internal(routing_key), false, |route, addr, deadline| {
-            let command = RaftCommand {
-                header: Some(CommandHeader {
-                    range_id: route.descriptor.id,
-                    epoch: route.descriptor.epoch,
-                    client_id: session.client_id,
-                    seq,
-                    first_unacked_seq: session.first_unacked(seq),
-                    session_start_ms: session.start_ms,
-                    proposed_at_ms: 0,
-                }),
-                request: request.clone(),
-                admin: admin.clone(),
-            };
-            async move {
-                match self
-                    .call_within(addr, "kv.Write", command.encode_to_vec(), Some(deadline))
-                    .await
-                {
-                    Ok(body) => match WriteResponse::decode(body) {
-                        Ok(response) => match &response.response {
-                            Some(write_response::Response::Error(e)) => self.on_refusal(&route, e),
-                            _ => Step::Done(response),
+        self.with_retries(
+            &internal(routing_key),
+            Call::Write,
+            |route, addr, deadline| {
+                let outside = span
+                    .as_ref()
+                    .filter(|(start, end)| !holds(&route.descriptor, start, end))
+                    .map(|(_, end)| {
+                        let last = if end.is_empty() {
+                            vec![u8::MAX]
+                        } else {
+                            end.clone()
+                        };
+                        let other = self.inner.cache.lock().locate(&last);
+                        let mut ranges = vec![route.descriptor.id];
+                        ranges.extend(other.map(|r| r.descriptor.id).filter(|id| *id != ranges[0]));
+                        ranges
+                    });
+                let command = RaftCommand {
+                    header: Some(CommandHeader {
+                        range_id: route.descriptor.id,
+                        epoch: route.descriptor.epoch,
+                        client_id: session.client_id,
+                        seq,
+                        first_unacked_seq: session.first_unacked(seq),
+                        session_start_ms: session.start_ms,
+                        proposed_at_ms: 0,
+                    }),
+                    request: request.clone(),
+                    admin: admin.clone(),
+                };
+                async move {
+                    if let Some(ranges) = outside {
+                        return Step::Fail(ClientError::CrossRange { ranges });
+                    }
+                    match self
+                        .call_within(addr, "kv.Write", command.encode_to_vec(), Some(deadline))
+                        .await
+                    {
+                        Ok(body) => match WriteResponse::decode(body) {
+                            Ok(response) => match &response.response {
+                                Some(write_response::Response::Error(e)) => {
+                                    self.on_refusal(&route, e)
+                                }
+                                _ => Step::Done(response),
+                            },
+                            Err(e) => Step::unsure(format!("undecodable response: {e}")),
                         },
-                        Err(e) => Step::Retry(format!("undecodable response: {e}")),
-                    },
-                    Err(e) => self.on_transport_error(&route, &e),
+                        Err(e) => self.on_transport_error(&route, &e),
+                    }
                 }
-            }
-        })
+            },
+        )
         .await
     }
 
@@ -660,14 +746,18 @@ impl Client {
         .await
     }
 
-    async fn read(
+    pub(crate) async fn read(
         &self,
         key: &[u8],
         consistency: ReadConsistency,
         request: read_request::Request,
     ) -> Result<read_response::Response, ClientError> {
-        let any_replica = consistency != ReadConsistency::Linearizable;
-        self.with_retries(key, any_replica, |route, addr, deadline| {
+        let kind = if consistency == ReadConsistency::Linearizable {
+            Call::Leader
+        } else {
+            Call::AnyReplica
+        };
+        self.with_retries(key, kind, |route, addr, deadline| {
             let body = ReadRequest {
                 range_id: route.descriptor.id,
                 epoch: route.descriptor.epoch,
@@ -685,10 +775,8 @@ impl Client {
                             response: Some(read_response::Response::Error(e)),
                         }) => self.on_refusal(&route, &e),
                         Ok(ReadResponse { response: Some(r) }) => Step::Done(r),
-                        Ok(ReadResponse { response: None }) => {
-                            Step::Retry("empty read response".into())
-                        }
-                        Err(e) => Step::Retry(format!("undecodable response: {e}")),
+                        Ok(ReadResponse { response: None }) => Step::retry("empty read response"),
+                        Err(e) => Step::retry(format!("undecodable response: {e}")),
                     },
                     Err(e) => self.on_transport_error(&route, &e),
                 }
@@ -723,53 +811,6 @@ impl Client {
             _ => Err(ClientError::Config(
                 "a get answered with another response".into(),
             )),
-        }
-    }
-
-    /// Keys of `[start, end)` in order (an empty `end`: to the end of the keyspace), at most
-    /// `limit` of them (0: no limit), across ranges.
-    ///
-    /// # Errors
-    /// [`ClientError`].
-    pub async fn scan(
-        &self,
-        start: impl AsRef<[u8]>,
-        end: impl AsRef<[u8]>,
-        limit: usize,
-    ) -> Result<Vec<KeyValue>, ClientError> {
-        let end = Bytes::copy_from_slice(end.as_ref());
-        let mut from = Bytes::copy_from_slice(start.as_ref());
-        let mut out = Vec::new();
-        loop {
-            let want = if limit == 0 {
-                0
-            } else {
-                u32::try_from(limit - out.len()).unwrap_or(u32::MAX)
-            };
-            let request = read_request::Request::Scan(ScanRequest {
-                start: from.clone(),
-                end: end.clone(),
-                limit: want,
-                limit_bytes: 0,
-                keys_only: false,
-            });
-            let response = self
-                .read(
-                    &internal(&from),
-                    self.inner.config.read_consistency,
-                    request,
-                )
-                .await?;
-            let read_response::Response::Scan(scan) = response else {
-                return Err(ClientError::Config(
-                    "a scan answered with another response".into(),
-                ));
-            };
-            out.extend(scan.kvs);
-            if !scan.more || (limit != 0 && out.len() >= limit) {
-                return Ok(out);
-            }
-            from = scan.next_key;
         }
     }
 
@@ -830,34 +871,26 @@ impl Client {
         }
     }
 
-    /// A conditional transaction (etcd's Txn) within one range, routed by its first key.
+    /// A conditional transaction (etcd's Txn) as the wire has it, within one range: returns
+    /// its revision and response. [`Client::txn`] builds one.
     ///
     /// # Errors
+    /// [`ClientError::CrossRange`] when its keys span ranges (nothing is sent), else
     /// [`ClientError`].
-    pub async fn txn(&self, txn: TxnRequest) -> Result<(u64, TxnResponse), ClientError> {
-        let key = txn
-            .compares
-            .first()
-            .map(|c| c.key.clone())
-            .or_else(|| {
-                txn.success
-                    .iter()
-                    .chain(&txn.failure)
-                    .find_map(|op| match &op.op {
-                        Some(txn_op::Op::Put(p)) => Some(p.key.clone()),
-                        Some(txn_op::Op::Delete(d)) => Some(d.key.clone()),
-                        Some(txn_op::Op::Get(g)) => Some(g.key.clone()),
-                        Some(txn_op::Op::DeleteRange(d)) => Some(d.start.clone()),
-                        None => None,
-                    })
-            })
+    pub async fn txn_request(&self, txn: TxnRequest) -> Result<(u64, TxnResponse), ClientError> {
+        let span = crate::txn::span(&txn);
+        let key = span
+            .as_ref()
+            .map(|(start, _)| start.get(1..).unwrap_or_default().to_vec())
             .unwrap_or_default();
         let response = self
-            .write(
+            .command_within(
                 &key,
-                WriteRequest {
+                Some(WriteRequest {
                     request: Some(write_request::Request::Txn(txn)),
-                },
+                }),
+                None,
+                span,
             )
             .await?;
         match response.response {

@@ -3,17 +3,30 @@
 //! errors, retries with backoff within a deadline, and keeps retried writes exactly-once by
 //! reusing their `(client_id, seq)`.
 //!
-//! This is the part the CLI and the tests need now; the full API (streams across ranges,
-//! batches, placement lookups) arrives with the client library issue.
+//! - [`Client::get`], [`Client::put`], [`Client::delete`], [`Client::delete_range`];
+//! - [`Client::scan`]: a stream of the keys of any range of keys, across ranges;
+//! - [`Client::batch_get`], [`Client::batch_put`];
+//! - [`Client::txn`]: conditional transactions within one range (module [`txn`]);
+//! - splits, replica changes and leader transfers for operators.
+//!
+//! Errors are one enum, [`ClientError`]: [`ClientError::is_retryable`] says whether trying
+//! again later may help, and [`ClientError::Indeterminate`] is the one answer after which a
+//! write may or may not have applied.
 
+mod batch;
 mod cache;
 mod client;
 mod config;
 mod error;
+mod routing;
+mod scan;
+pub mod txn;
 
 pub use self::client::Client;
 pub use self::config::ClientConfig;
 pub use self::error::ClientError;
+pub use self::scan::Scan;
+pub use self::txn::{Txn, TxnOutcome};
 pub use flotilla_transport::kv::{
     Compare, ErrorCode, KeyValue, ReplicaChangeKind, TxnOp, TxnOpResponse, TxnRequest, TxnResponse,
     WriteResponse,

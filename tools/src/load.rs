@@ -46,7 +46,7 @@ pub async fn increment(client: &Client, key: &[u8]) -> anyhow::Result<u64> {
             }],
             failure: vec![],
         };
-        let (_, response) = client.txn(txn).await?;
+        let (_, response) = client.txn_request(txn).await?;
         if response.succeeded {
             return Ok(next);
         }
@@ -75,7 +75,7 @@ pub async fn demo(config: ClientConfig, ops: usize) -> anyhow::Result<()> {
         kv.as_ref()
             .map(|kv| String::from_utf8_lossy(&kv.value).to_string())
     );
-    let scanned = client.scan("demo/", "demo0", 5).await?;
+    let scanned = client.scan("demo/".."demo0").limit(5).collect().await?;
     println!("  scan [demo/, demo0) limit 5 ->");
     for kv in &scanned {
         println!(

@@ -270,7 +270,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Scan { start, end, limit } => {
             let client = connect().await?;
-            for kv in client.scan(&start, &end, limit).await? {
+            // An empty END scans to the end of the keyspace; LIMIT 0: no limit.
+            let upper = if end.is_empty() {
+                std::ops::Bound::Unbounded
+            } else {
+                std::ops::Bound::Excluded(end.as_str())
+            };
+            let mut scan = client.scan::<&str>((std::ops::Bound::Included(start.as_str()), upper));
+            if limit > 0 {
+                scan = scan.limit(limit);
+            }
+            let mut rows = std::pin::pin!(scan.stream());
+            while let Some(kv) = futures_util::TryStreamExt::try_next(&mut rows).await? {
                 println!("{} = {}", show(&kv.key), show(&kv.value));
             }
             Ok(())

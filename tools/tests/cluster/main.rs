@@ -1,6 +1,7 @@
 //! The twelve failure scenarios of the thesis seed's chapter 4, on three real nodes over QUIC
 //! on loopback, plus bad client input. Each test starts its own cluster.
 
+mod client;
 mod support;
 
 use std::sync::Arc;
@@ -79,7 +80,7 @@ async fn simple_put_and_get() {
     assert_eq!(value(&client, "a").await.as_deref(), Some("1"));
     assert_eq!(value(&client, "missing").await, None);
     client.put("b", "2").await.expect("put");
-    let kvs = client.scan("", "", 0).await.expect("scan");
+    let kvs = client.scan::<&str>(..).collect().await.expect("scan");
     let keys: Vec<&[u8]> = kvs.iter().map(|kv| kv.key.as_ref()).collect();
     assert_eq!(keys, vec![&b"a"[..], &b"b"[..]]);
     assert_eq!(client.delete("a").await.expect("delete"), 1);
@@ -197,7 +198,7 @@ async fn the_whole_cluster_restarts_with_every_acknowledged_write() {
         cluster.restart(id).await;
     }
     let client = cluster.client().await;
-    let kvs = client.scan("key", "kez", 0).await.expect("scan");
+    let kvs = client.scan("key".."kez").collect().await.expect("scan");
     assert_eq!(kvs.len(), 50);
     for (i, kv) in kvs.iter().enumerate() {
         assert_eq!(kv.value, Bytes::from(format!("v{i}")));
@@ -238,7 +239,7 @@ async fn revision_checked_increment(client: &Client, key: &str) {
             }],
             failure: vec![],
         };
-        let (_, response) = client.txn(txn).await.expect("txn");
+        let (_, response) = client.txn_request(txn).await.expect("txn");
         if response.succeeded {
             return;
         }
@@ -382,7 +383,8 @@ async fn re_election_with_a_populated_log_keeps_every_write() {
     cluster.crash(old).await;
     cluster.wait_leader(&[old]).await;
     let kvs = client
-        .scan("r", "s", 0)
+        .scan("r".."s")
+        .collect()
         .await
         .expect("scan on the new leader");
     assert_eq!(kvs.len(), 300);
@@ -442,7 +444,7 @@ async fn stale_revision_txn_and_duplicate_write_are_answered_correctly() {
         }],
         failure: vec![],
     };
-    let (_, response) = client.txn(stale).await.expect("txn");
+    let (_, response) = client.txn_request(stale).await.expect("txn");
     assert!(!response.succeeded);
     let kv = client.get("t").await.expect("get").expect("set");
     assert_eq!(kv.value, Bytes::from("2"));
@@ -698,7 +700,7 @@ async fn a_replica_far_behind_catches_up_by_snapshot() {
     cluster.wait_value(behind, "s399", &"x".repeat(100)).await;
     client.put("s-after", "y").await.expect("put");
     cluster.wait_value(behind, "s-after", "y").await;
-    let kvs = client.scan("s", "t", 0).await.expect("scan");
+    let kvs = client.scan("s".."t").collect().await.expect("scan");
     assert_eq!(kvs.len(), 401);
     cluster.stop_all().await;
 }
@@ -873,7 +875,8 @@ async fn a_split_under_concurrent_writes_loses_nothing_and_routes_after() {
     }
     let client = cluster.client().await;
     let all = client
-        .scan("", "", 0)
+        .scan::<&str>(..)
+        .collect()
         .await
         .expect("scan across both ranges");
     assert_eq!(all.len(), 240);
@@ -916,7 +919,8 @@ async fn a_range_past_the_split_size_splits_by_itself() {
         assert_eq!(kv.value.len(), 1024);
     }
     let all = client
-        .scan("grow", "grox", 0)
+        .scan("grow".."grox")
+        .collect()
         .await
         .expect("scan across the ranges");
     assert_eq!(all.len(), 120);

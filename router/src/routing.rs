@@ -1,0 +1,52 @@
+//! Where the range cache comes from: the meta range's routing records (`routing.LocateKey`,
+//! answered by any node with a meta replica), and the members' addresses from `cluster.Info`.
+//! Records are hints: a stale one is corrected by the range's own typed refusal.
+
+use std::time::Instant;
+
+use flotilla_transport::service::{LocateKeyRequest, LocateKeyResponse};
+use prost::Message as _;
+
+use crate::client::Client;
+use crate::error::ClientError;
+
+impl Client {
+    /// Fills the cache for internal key `key` from the routing record of its range, at the
+    /// next node that has one; learns the members first when none is known. Falls back to a
+    /// node's own view (`cluster.Info`) when no node answers from the records.
+    pub(crate) async fn locate(&self, key: &[u8], deadline: Instant) -> Result<(), ClientError> {
+        if self.inner.nodes.lock().is_empty() {
+            self.refresh(Some(deadline)).await?;
+            if self.inner.cache.lock().locate(key).is_some() {
+                return Ok(());
+            }
+        }
+        let user = key.get(1..).unwrap_or_default();
+        let body = LocateKeyRequest {
+            key: bytes::Bytes::copy_from_slice(user),
+        }
+        .encode_to_vec();
+        for _ in 0..self.addresses().len() {
+            let addr = self.next_address();
+            let Ok(answer) = self
+                .call_within(addr, "routing.LocateKey", body.clone(), Some(deadline))
+                .await
+            else {
+                continue;
+            };
+            let record = LocateKeyResponse::decode(answer)
+                .ok()
+                .and_then(|r| r.record);
+            if let Some(descriptor) = record.as_ref().and_then(|r| r.descriptor.clone()) {
+                let leader = record.map_or(0, |r| r.leader_node);
+                if !self.inner.nodes.lock().contains_key(&leader) {
+                    // A member this client has not heard of (a joiner): learn its address.
+                    let _ = self.refresh(Some(deadline)).await;
+                }
+                self.inner.cache.lock().insert(descriptor, leader);
+                return Ok(());
+            }
+        }
+        self.refresh(Some(deadline)).await
+    }
+}
