@@ -122,6 +122,8 @@ struct Session {
     started: Instant,
     /// The next sequence number, and those without a final answer yet.
     seqs: Mutex<(u64, BTreeSet<u64>)>,
+    /// Signalled when a sequence number ends (a write waiting for the window may go).
+    released: tokio::sync::Notify,
 }
 
 impl Session {
@@ -131,19 +133,37 @@ impl Session {
             start_ms: now_ms(),
             started: Instant::now(),
             seqs: Mutex::new((1, BTreeSet::new())),
+            released: tokio::sync::Notify::new(),
         }
     }
 
-    /// A new sequence number, outstanding until its guard drops.
-    fn begin(self: &Arc<Self>) -> SeqGuard {
+    /// A new sequence number, outstanding until its guard drops; waits while it would be
+    /// `MAX_SEQ_WINDOW` or more past the oldest outstanding one.
+    async fn begin(self: &Arc<Self>) -> SeqGuard {
+        loop {
+            let released = self.released.notified();
+            let mut released = std::pin::pin!(released);
+            released.as_mut().enable();
+            if let Some(guard) = self.try_begin() {
+                return guard;
+            }
+            released.await;
+        }
+    }
+
+    fn try_begin(self: &Arc<Self>) -> Option<SeqGuard> {
         let mut seqs = self.seqs.lock();
         let seq = seqs.0;
+        let oldest = seqs.1.first().copied().unwrap_or(seq);
+        if seq >= oldest + MAX_SEQ_WINDOW {
+            return None;
+        }
         seqs.0 += 1;
         seqs.1.insert(seq);
-        SeqGuard {
+        Some(SeqGuard {
             session: self.clone(),
             seq,
-        }
+        })
     }
 
     fn first_unacked(&self, seq: u64) -> u64 {
@@ -160,12 +180,19 @@ struct SeqGuard {
 impl Drop for SeqGuard {
     fn drop(&mut self) {
         self.session.seqs.lock().1.remove(&self.seq);
+        self.session.released.notify_waiters();
     }
 }
 
 /// Writes in flight per client: below the responses a server keeps per session (256), so a
 /// retry always finds its recorded response.
 const MAX_WRITES_IN_FLIGHT: usize = 128;
+
+/// How far past its oldest unanswered write a session's newest may be. The servers keep 256
+/// responses per session and refuse (RESPONSE_DISCARDED) a retry older than those: a write
+/// stuck in retries while others complete must not fall out of that window, or its retry
+/// would be refused although it never applied.
+const MAX_SEQ_WINDOW: u64 = 192;
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -674,7 +701,7 @@ impl Client {
             .await
             .map_err(|_| ClientError::Config("the client is closed".into()))?;
         let session = self.session();
-        let guard = session.begin();
+        let guard = session.begin().await;
         let seq = guard.seq;
         self.with_retries(
             &internal(routing_key),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use flotilla_client::{Client, ClientConfig};
+use flotilla_client::Client;
 
 use crate::config::ServerConfig;
 
@@ -155,25 +155,7 @@ enum ClusterCmd {
 
 /// The client settings: the `FLOTILLA_*` variables, else the env file of the default local
 /// cluster (`./data/local/env`) when there is one.
-fn client_config() -> anyhow::Result<ClientConfig> {
-    if std::env::var_os("FLOTILLA_ENDPOINTS").is_none() {
-        let env = PathBuf::from("./data/local/env");
-        if let Ok(text) = std::fs::read_to_string(&env) {
-            for line in text.lines() {
-                if let Some((k, v)) = line.trim_start_matches("export ").split_once('=') {
-                    std::env::set_var(k, v);
-                }
-            }
-        }
-    }
-    ClientConfig::from_env().context("client settings")
-}
-
-async fn connect() -> anyhow::Result<Client> {
-    Client::connect(client_config()?)
-        .await
-        .context("cannot reach the cluster")
-}
+use flotilla_tools::client_env::{client_config, connect};
 
 fn show(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

@@ -161,3 +161,68 @@ async fn routing_follows_a_leader_transfer() {
     );
     cluster.stop_all().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_generator_loads_and_runs_workloads_a_and_e() {
+    use flotilla_tools::ycsb::{self, report, workload::Workload, Phase};
+    let mut cluster = Cluster::start(3).await;
+    let client = cluster.client().await;
+    let props = [
+        ("recordcount", "300"),
+        ("operationcount", "600"),
+        ("fieldlength", "32"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let options = |letter: &str, phase| ycsb::Options {
+        workload: Workload::core(letter, &props).expect("workload"),
+        phase,
+        threads: 8,
+        target_ops_s: 0.0,
+        duration: None,
+        seed: 3,
+        progress: false,
+    };
+    let load = ycsb::run(client.clone(), options("a", Phase::Load)).await;
+    assert_eq!(
+        (load.operations(), load.errors()),
+        (300, 0),
+        "{}",
+        report::table(&load)
+    );
+    let keys = client
+        .scan::<&str>(..)
+        .keys_only()
+        .collect()
+        .await
+        .expect("scan");
+    assert_eq!(keys.len(), 300, "every record loaded once");
+    let a = ycsb::run(client.clone(), options("a", Phase::Run)).await;
+    assert_eq!(
+        (a.operations(), a.errors()),
+        (600, 0),
+        "{}",
+        report::table(&a)
+    );
+    let j = report::json(&a, "test");
+    let reads = j["ops"]["read"]["count"].as_u64().expect("reads");
+    let updates = j["ops"]["update"]["count"].as_u64().expect("updates");
+    assert_eq!(reads + updates, 600);
+    assert!((200..400).contains(&reads), "about half reads: {reads}");
+    assert!(report::table(&a).contains("UPDATE"));
+    // Workload E: short scans and inserts of new records.
+    let e = ycsb::run(client.clone(), options("e", Phase::Run)).await;
+    assert_eq!(e.errors(), 0, "{}", report::table(&e));
+    assert!(e
+        .ops
+        .contains_key(&flotilla_tools::ycsb::workload::Op::Scan));
+    let after = client
+        .scan::<&str>(..)
+        .keys_only()
+        .collect()
+        .await
+        .expect("scan");
+    assert!(after.len() > 300, "inserts added records");
+    cluster.stop_all().await;
+}
