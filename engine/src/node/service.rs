@@ -100,7 +100,14 @@ impl Service {
         match method {
             "kv.Write" => {
                 let command = RaftCommand::decode(body).map_err(|e| bad_request("write", e))?;
+                let from_a_client = command.header.as_ref().is_some_and(|h| h.client_id != 0);
                 let response = self.write(command, deadline).await?;
+                if from_a_client {
+                    // Fault tests: the write applied, its answer is lost on the way back.
+                    crate::fail_point_io("service::drop_write_response").map_err(|why| {
+                        RpcStatus::new(RpcCode::Unavailable, format!("answer dropped: {why}"))
+                    })?;
+                }
                 Ok(response.encode_to_vec().into())
             }
             "kv.Read" => {
