@@ -456,7 +456,8 @@ impl Client {
         Fut: Future<Output = Step<T>>,
     {
         let deadline = Instant::now() + self.inner.config.deadline;
-        let mut backoff = Duration::from_millis(10);
+        let mut backoff = self.inner.config.backoff_initial;
+        let backoff_max = self.inner.config.backoff_max;
         let mut last = String::from("no attempt");
         let mut maybe_taken = false;
         let pause = |backoff: Duration| {
@@ -477,7 +478,7 @@ impl Client {
                         Some(r) => r,
                         None => {
                             pause(backoff).await;
-                            backoff = (backoff * 2).min(Duration::from_millis(500));
+                            backoff = (backoff * 2).min(backoff_max);
                             continue;
                         }
                     }
@@ -497,7 +498,7 @@ impl Client {
                 }
             }
             pause(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(500));
+            backoff = (backoff * 2).min(backoff_max);
         }
         let deadline_ms = self.inner.config.deadline.as_millis() as u64;
         if kind == Call::Write && maybe_taken {

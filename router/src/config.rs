@@ -22,6 +22,10 @@ pub struct ClientConfig {
     /// New writes start a new session after this long, well within the servers' session TTL
     /// (`kv.session-ttl-ms`, 1 h by default), so the servers never see a session they expired.
     pub session_renew_after: Duration,
+    /// The pause after a first failed attempt; it doubles (with up to 50% jitter) per attempt
+    /// up to `backoff_max`, all within `deadline`.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
 }
 
 fn env(name: &str) -> Result<String, ClientError> {
@@ -46,7 +50,74 @@ impl ClientConfig {
             attempt_timeout: Duration::from_secs(2),
             read_consistency: ReadConsistency::Linearizable,
             session_renew_after: Duration::from_secs(20 * 60),
+            backoff_initial: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(500),
         }
+    }
+
+    /// With mutual TLS from PEM files: the cluster CA's certificate, this client's
+    /// certificate chain and its key (what `flotilla certs` and `flotilla cluster up` write).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), flotilla_client::ClientError> {
+    /// use std::time::Duration;
+    /// use flotilla_client::{Client, ClientConfig};
+    /// let config = ClientConfig::from_files(
+    ///     "local",
+    ///     vec!["127.0.0.1:7001".parse().expect("an address")],
+    ///     "data/local/certs/ca.pem",
+    ///     "data/local/certs/client.pem",
+    ///     "data/local/certs/client-key.pem",
+    /// )?
+    /// .with_deadline(Duration::from_secs(5))
+    /// .with_backoff(Duration::from_millis(20), Duration::from_secs(1));
+    /// let client = Client::connect(config).await?;
+    /// client.put("hello", "world").await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`ClientError::Config`] naming the file at fault.
+    pub fn from_files(
+        cluster_id: impl Into<String>,
+        endpoints: Vec<SocketAddr>,
+        ca: impl AsRef<Path>,
+        cert: impl AsRef<Path>,
+        key: impl AsRef<Path>,
+    ) -> Result<Self, ClientError> {
+        let load = |p: &Path, what: &str| read(&p.display().to_string(), what);
+        let tls = TlsConfig::from_pem(
+            &load(ca.as_ref(), "CA certificate")?,
+            &load(cert.as_ref(), "client certificate")?,
+            &load(key.as_ref(), "client key")?,
+        )
+        .map_err(|e| ClientError::Config(e.to_string()))?;
+        Ok(Self::new(cluster_id, endpoints, tls))
+    }
+
+    /// The longest one call, retries included, may take (10 s by default).
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// The longest one attempt at one node may take (2 s by default).
+    pub fn with_attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = timeout;
+        self
+    }
+
+    /// How reads are served unless a call says otherwise (linearizable by default).
+    pub fn with_read_consistency(mut self, consistency: ReadConsistency) -> Self {
+        self.read_consistency = consistency;
+        self
+    }
+
+    /// Retry pauses: `initial` after the first failed attempt, doubling up to `max`.
+    pub fn with_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.backoff_initial = initial;
+        self.backoff_max = max.max(initial);
+        self
     }
 
     /// From `FLOTILLA_CLUSTER_ID`, `FLOTILLA_ENDPOINTS` (comma-separated `host:port`),
