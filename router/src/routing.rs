@@ -50,3 +50,65 @@ impl Client {
         self.refresh(Some(deadline)).await
     }
 }
+
+impl Client {
+    /// Every range's routing record (descriptor, leader, leader's term), in key order, from
+    /// the meta range as the next node that has a replica of it knows them.
+    ///
+    /// # Errors
+    /// [`ClientError::Timeout`] when no node answers from the records.
+    pub async fn ranges(&self) -> Result<Vec<flotilla_transport::meta::RangeRecord>, ClientError> {
+        use flotilla_transport::service::{ScanRangesRequest, ScanRangesResponse};
+        const PAGE: u32 = 1_000;
+        let deadline = Instant::now() + self.inner.config.deadline;
+        if self.inner.nodes.lock().is_empty() {
+            self.refresh(Some(deadline)).await?;
+        }
+        let mut records = Vec::new();
+        let mut start = bytes::Bytes::new();
+        let mut last_error = String::from("no node answered");
+        let mut tries = 0;
+        while Instant::now() < deadline {
+            let addr = self.next_address();
+            let body = ScanRangesRequest {
+                start: start.clone(),
+                end: bytes::Bytes::new(),
+                limit: PAGE,
+            }
+            .encode_to_vec();
+            let page = match self
+                .call_within(addr, "routing.ScanRanges", body, Some(deadline))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|b| ScanRangesResponse::decode(b).map_err(|e| e.to_string()))
+            {
+                Ok(page) => page.records,
+                Err(e) => {
+                    last_error = format!("{addr}: {e}");
+                    tries += 1;
+                    if tries > 3 * self.addresses().len() {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let full = page.len() as u32 >= PAGE;
+            let next = page
+                .last()
+                .and_then(|r| r.descriptor.as_ref())
+                .map(|d| d.end_key.clone());
+            records.extend(page);
+            match next {
+                // Ranges are keyed by internal keys; the request takes user keys.
+                Some(end) if full && !end.is_empty() => {
+                    start = bytes::Bytes::copy_from_slice(end.get(1..).unwrap_or_default());
+                }
+                _ => return Ok(records),
+            }
+        }
+        Err(ClientError::Timeout {
+            deadline_ms: self.inner.config.deadline.as_millis() as u64,
+            last: last_error,
+        })
+    }
+}

@@ -21,8 +21,32 @@ use crate::config::ServerConfig;
     about = "Flotilla: a sharded Multi-Raft key-value store"
 )]
 struct Cli {
+    /// Output: a table for people, JSON for scripts (status, ranges, get, scan, put, delete).
+    #[arg(long, short = 'o', global = true, env = "FLOTILLA_OUTPUT", value_enum, default_value_t = Output::Table)]
+    output: Output,
     #[command(subcommand)]
     command: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+/// Prints `value` as one line of JSON.
+fn print_json(value: &serde_json::Value) {
+    println!("{value}");
+}
+
+/// A range key as people read it: the user key (internal keys carry a 0x01 prefix), "" for the
+/// start of the user keyspace, and the system keyspace marked.
+fn span_key(internal: &[u8]) -> String {
+    match internal.split_first() {
+        None => String::new(),
+        Some((0x01, user)) => show(user),
+        Some(_) => format!("(system) {}", show(internal)),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -48,29 +72,30 @@ enum Cmd {
         #[command(subcommand)]
         command: ClusterCmd,
     },
-    /// Writes a cluster CA and certificates for its nodes and clients.
+    /// Writes a cluster CA and certificates for its nodes and clients (`certs create` too).
     Certs {
-        #[arg(long, default_value = "flotilla")]
-        cluster_id: String,
-        #[arg(long, default_value = "3")]
-        nodes: u64,
-        #[arg(long, default_value = "./certs")]
-        dir: PathBuf,
+        #[command(subcommand)]
+        action: Option<CertsCmd>,
+        #[command(flatten)]
+        args: CertsArgs,
     },
     /// Sets KEY to VALUE.
     Put { key: String, value: String },
     /// Prints the value of KEY.
     Get { key: String },
     /// Deletes KEY.
+    #[command(alias = "del")]
     Delete { key: String },
     /// Prints the keys of [START, END) (an empty END: to the end).
     Scan {
         start: String,
         #[arg(default_value = "")]
         end: String,
-        #[arg(long, default_value = "100")]
+        #[arg(long, env = "FLOTILLA_LIMIT", default_value = "100")]
         limit: usize,
     },
+    /// Lists the ranges: span, epoch, replicas, leader (from the meta range's records).
+    Ranges,
     /// Splits the range holding KEY at KEY (no data moves).
     Split { key: String },
     /// Changes the replicas of the range holding KEY.
@@ -84,44 +109,60 @@ enum Cmd {
     Status,
     /// A short narrated load against the cluster.
     Demo {
-        #[arg(long, default_value = "100")]
+        #[arg(long, default_value = "100", env = "FLOTILLA_OPS")]
         ops: usize,
     },
     /// Concurrent writers: throughput, latency percentiles, fsyncs per node.
     Bench {
-        #[arg(long, default_value = "64")]
+        #[arg(long, default_value = "64", env = "FLOTILLA_WRITERS")]
         writers: usize,
-        #[arg(long, default_value = "256")]
+        #[arg(long, default_value = "256", env = "FLOTILLA_VALUE_SIZE")]
         value_size: usize,
-        #[arg(long, default_value = "10")]
+        #[arg(long, default_value = "10", env = "FLOTILLA_SECONDS")]
         seconds: u64,
-        #[arg(long, default_value = "100000")]
+        #[arg(long, default_value = "100000", env = "FLOTILLA_KEYS")]
         keys: u64,
     },
+}
+
+#[derive(Subcommand)]
+enum CertsCmd {
+    /// Writes a development CA and certificates (the same as plain `certs`).
+    Create(CertsArgs),
+}
+
+#[derive(clap::Args, Clone)]
+struct CertsArgs {
+    #[arg(long, env = "FLOTILLA_CLUSTER_ID", default_value = "flotilla")]
+    cluster_id: String,
+    #[arg(long, env = "FLOTILLA_NODES", default_value = "3")]
+    nodes: u64,
+    #[arg(long, env = "FLOTILLA_CERTS_DIR", default_value = "./certs")]
+    dir: PathBuf,
 }
 
 #[derive(clap::Args)]
 struct ServerArgs {
     /// The configuration file (see `flotilla config`).
-    #[arg(long, short)]
+    #[arg(long, short, env = "FLOTILLA_CONFIG")]
     config: Option<PathBuf>,
     /// Overrides `node-id`.
-    #[arg(long)]
+    #[arg(long, env = "FLOTILLA_NODE_ID")]
     node_id: Option<u64>,
     /// Overrides `data-dir`.
-    #[arg(long)]
+    #[arg(long, env = "FLOTILLA_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Overrides `listen`.
-    #[arg(long)]
+    #[arg(long, env = "FLOTILLA_LISTEN")]
     listen: Option<String>,
     /// Overrides `initial-cluster`.
-    #[arg(long)]
+    #[arg(long, env = "FLOTILLA_INITIAL_CLUSTER")]
     initial_cluster: Option<String>,
     /// Overrides `metrics-addr`.
-    #[arg(long)]
+    #[arg(long, env = "FLOTILLA_METRICS_ADDR")]
     metrics_addr: Option<String>,
     /// Overrides `log-format` ("text" or "json").
-    #[arg(long)]
+    #[arg(long, env = "FLOTILLA_LOG_FORMAT")]
     log_format: Option<String>,
 }
 
@@ -129,26 +170,26 @@ struct ServerArgs {
 enum ClusterCmd {
     /// Starts a local cluster and waits until it serves.
     Up {
-        #[arg(long, default_value = "3")]
+        #[arg(long, default_value = "3", env = "FLOTILLA_NODES")]
         nodes: u64,
-        #[arg(long, default_value = "./data/local")]
+        #[arg(long, default_value = "./data/local", env = "FLOTILLA_DIR")]
         dir: PathBuf,
         /// Return once it serves and leave it running (stop: `flotilla cluster down`).
-        #[arg(long)]
+        #[arg(long, env = "FLOTILLA_DETACH")]
         detach: bool,
-        #[arg(long, default_value = "local")]
+        #[arg(long, default_value = "local", env = "FLOTILLA_CLUSTER_ID")]
         cluster_id: String,
-        #[arg(long, default_value = "7001")]
+        #[arg(long, default_value = "7001", env = "FLOTILLA_BASE_PORT")]
         base_port: u16,
-        #[arg(long, default_value = "9101")]
+        #[arg(long, default_value = "9101", env = "FLOTILLA_METRICS_BASE_PORT")]
         metrics_base_port: u16,
         /// User ranges a new cluster starts with (a pre-split keyspace).
-        #[arg(long, default_value = "1")]
+        #[arg(long, default_value = "1", env = "FLOTILLA_RANGES")]
         ranges: u32,
     },
     /// Stops a detached local cluster (its data stays).
     Down {
-        #[arg(long, default_value = "./data/local")]
+        #[arg(long, default_value = "./data/local", env = "FLOTILLA_DIR")]
         dir: PathBuf,
     },
 }
@@ -215,11 +256,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             ClusterCmd::Down { dir } => cluster::down(&dir),
         },
-        Cmd::Certs {
-            cluster_id,
-            nodes,
-            dir,
-        } => {
+        Cmd::Certs { action, args } => {
+            let CertsArgs {
+                cluster_id,
+                nodes,
+                dir,
+            } = match action {
+                Some(CertsCmd::Create(a)) => a,
+                None => args,
+            };
             cluster::make_certs(&dir, &cluster_id, nodes)?;
             println!(
                 "certificates of cluster {cluster_id:?} in {}",
@@ -230,12 +275,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Put { key, value } => {
             let client = connect().await?;
             let revision = client.put(&key, value).await?;
-            println!("OK (revision {revision})");
+            match cli.output {
+                Output::Json => print_json(&serde_json::json!({ "revision": revision })),
+                Output::Table => println!("OK (revision {revision})"),
+            }
             Ok(())
         }
         Cmd::Get { key } => {
             let client = connect().await?;
             match client.get(&key).await? {
+                Some(kv) if cli.output == Output::Json => print_json(&serde_json::json!({
+                    "key": show(&kv.key),
+                    "value": show(&kv.value),
+                    "create_revision": kv.create_revision,
+                    "mod_revision": kv.mod_revision,
+                    "version": kv.version,
+                })),
                 Some(kv) => println!("{}", show(&kv.value)),
                 None => {
                     eprintln!("{key}: not found");
@@ -247,7 +302,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Delete { key } => {
             let client = connect().await?;
             let n = client.delete(&key).await?;
-            println!("deleted {n}");
+            match cli.output {
+                Output::Json => print_json(&serde_json::json!({ "deleted": n })),
+                Output::Table => println!("deleted {n}"),
+            }
             Ok(())
         }
         Cmd::Scan { start, end, limit } => {
@@ -264,7 +322,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let mut rows = std::pin::pin!(scan.stream());
             while let Some(kv) = futures_util::TryStreamExt::try_next(&mut rows).await? {
-                println!("{} = {}", show(&kv.key), show(&kv.value));
+                match cli.output {
+                    Output::Json => print_json(&serde_json::json!({
+                        "key": show(&kv.key),
+                        "value": show(&kv.value),
+                        "mod_revision": kv.mod_revision,
+                    })),
+                    Output::Table => println!("{} = {}", show(&kv.key), show(&kv.value)),
+                }
             }
             Ok(())
         }
@@ -319,6 +384,94 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let client = connect().await?;
             client.transfer_leader(&key, node).await?;
             println!("leadership is moving to node {node}");
+            Ok(())
+        }
+        Cmd::Ranges => {
+            let client = connect().await?;
+            let mut records = client.ranges().await?;
+            if records.is_empty() {
+                // A cluster seconds old: its leaders have not reported their ranges to the
+                // meta range yet; a node's own view answers meanwhile.
+                if let Some(addr) = client_config()?.endpoints.first() {
+                    records = client
+                        .cluster_info(*addr)
+                        .await?
+                        .ranges
+                        .into_iter()
+                        .map(|r| flotilla_transport::meta::RangeRecord {
+                            descriptor: r.descriptor,
+                            leader_node: r.leader_node,
+                            leader_term: 0,
+                        })
+                        .collect();
+                }
+            }
+            for r in &records {
+                let Some(d) = &r.descriptor else { continue };
+                let epoch = d.epoch.unwrap_or_default();
+                let replicas: Vec<String> = d
+                    .replicas
+                    .iter()
+                    .map(|x| {
+                        let learner =
+                            x.role == flotilla_transport::meta::ReplicaRole::Learner as i32;
+                        format!("{}{}", x.node_id, if learner { " (learner)" } else { "" })
+                    })
+                    .collect();
+                match cli.output {
+                    Output::Json => print_json(&serde_json::json!({
+                        "range": d.id,
+                        "start": span_key(&d.start_key),
+                        "end": if d.end_key.is_empty() { None } else { Some(span_key(&d.end_key)) },
+                        "epoch": { "version": epoch.version, "conf_ver": epoch.conf_ver },
+                        "replicas": d.replicas.iter().map(|x| serde_json::json!({
+                            "node": x.node_id, "replica": x.replica_id, "role": x.role,
+                        })).collect::<Vec<_>>(),
+                        "leader_node": r.leader_node,
+                        "leader_term": r.leader_term,
+                    })),
+                    Output::Table => println!(
+                        "range {:<20} [{:?}, {}) v{}/c{} replicas [{}] leader node {} (term {})",
+                        d.id,
+                        span_key(&d.start_key),
+                        if d.end_key.is_empty() {
+                            "+inf".to_string()
+                        } else {
+                            format!("{:?}", span_key(&d.end_key))
+                        },
+                        epoch.version,
+                        epoch.conf_ver,
+                        replicas.join(", "),
+                        r.leader_node,
+                        r.leader_term
+                    ),
+                }
+            }
+            if cli.output == Output::Table {
+                println!(
+                    "{} ranges (size and load per range arrive with placement)",
+                    records.len()
+                );
+            }
+            Ok(())
+        }
+        Cmd::Status if cli.output == Output::Json => {
+            let config = client_config()?;
+            let endpoints = config.endpoints.clone();
+            let client = Client::connect(config).await?;
+            let mut nodes = Vec::new();
+            for addr in endpoints {
+                nodes.push(match client.node_status(addr).await {
+                    Ok(s) => serde_json::json!({
+                        "addr": addr.to_string(), "node": s.node_id, "up": true,
+                        "ranges": s.ranges, "leaders": s.leaders,
+                        "group_commits": s.synced_writes, "wal_fsyncs": s.wal_syncs,
+                        "uptime_ms": s.uptime_ms,
+                    }),
+                    Err(e) => serde_json::json!({ "addr": addr.to_string(), "up": false, "error": e.to_string() }),
+                });
+            }
+            print_json(&serde_json::json!({ "nodes": nodes }));
             Ok(())
         }
         Cmd::Status => {
