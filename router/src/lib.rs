@@ -13,6 +13,7 @@
 //! again later may help, and [`ClientError::Indeterminate`] is the one answer after which a
 //! write may or may not have applied.
 
+mod admin;
 mod batch;
 mod cache;
 mod client;

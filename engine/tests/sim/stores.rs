@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use flotilla_engine::check::linearizability::Operation;
 use flotilla_engine::kv::KvConfig;
-use flotilla_engine::raft::{Config, Role};
+use flotilla_engine::raft::Config;
 use flotilla_engine::storage::{ReceivedSnapshot, SnapshotParts};
 use flotilla_engine::store::{prepare_snapshot, SnapshotReceipt, StoreRound};
 use flotilla_transport::raft::{Message, MessageType};
@@ -30,6 +30,7 @@ use crate::network::{Fate, Micros, Network, NetworkConfig, TICK_US};
 
 mod checks;
 mod clients;
+mod faults;
 mod node;
 
 use self::checks::StoreChecker;
@@ -706,74 +707,6 @@ impl StoreWorld {
         Ok(())
     }
 
-    /// One fault from the menu: crash and restart, a stall longer than an election timeout,
-    /// partitions (symmetric, one-way, a range's leader isolated), a clogged link.
-    fn fault(&mut self) {
-        let ids = self.node_ids();
-        let down = ids.iter().filter(|&&i| !self.nodes[&i].is_up()).count();
-        let target = *ids.choose(&mut self.rng).expect("nodes");
-        match self.rng.random_range(0..6) {
-            0 | 1 if down < 2 && self.nodes[&target].is_up() => {
-                self.node(target).crash();
-                let back = self.rng.random_range(3..40) * TICK_US;
-                self.schedule(back, Event::Restart(target));
-                self.say(|| format!("node {target} crashes"));
-            }
-            2 if self.nodes[&target].is_up() => {
-                let until = self.now + self.rng.random_range(12..40) * TICK_US;
-                self.node(target).paused_until = Some(until);
-                self.say(|| format!("node {target} stalls"));
-            }
-            3 => {
-                let mut side = ids.clone();
-                side.retain(|_| self.rng.random_bool(0.5));
-                self.net.partition(&side, &ids);
-                let heal = self.rng.random_range(5..40) * TICK_US;
-                self.schedule(heal, Event::NetHeal);
-                self.say(|| format!("partition {side:?} from the rest"));
-            }
-            4 => {
-                // Isolate the node leading the most ranges.
-                let mut leads: BTreeMap<u64, usize> = BTreeMap::new();
-                for (&id, node) in &mut self.nodes {
-                    if let Some(store) = node.store.as_mut() {
-                        let ranges: Vec<u64> = store.range_ids().collect();
-                        for r in ranges {
-                            if store
-                                .peer_mut(r)
-                                .is_some_and(|p| p.raft().status().role == Role::Leader)
-                            {
-                                *leads.entry(id).or_default() += 1;
-                            }
-                        }
-                    }
-                }
-                let leader = leads
-                    .iter()
-                    .max_by_key(|(_, n)| **n)
-                    .map_or(target, |(id, _)| *id);
-                self.net.partition(&[leader], &ids);
-                let heal = self.rng.random_range(5..40) * TICK_US;
-                self.schedule(heal, Event::NetHeal);
-                self.say(|| format!("node {leader} (leading the most ranges) isolated"));
-            }
-            _ => {
-                let other = *ids.choose(&mut self.rng).expect("nodes");
-                if other != target {
-                    if self.rng.random_bool(0.5) {
-                        self.net.cut_one_way(target, other);
-                        self.say(|| format!("link {target} -> {other} cut"));
-                    } else {
-                        self.net.clog(target, other);
-                        self.say(|| format!("link {target} -> {other} clogged"));
-                    }
-                    let heal = self.rng.random_range(5..40) * TICK_US;
-                    self.schedule(heal, Event::NetHeal);
-                }
-            }
-        }
-    }
-
     /// The chaos ends: every node restarted and resumed, the network healed and reliable;
     /// clients read every key once more.
     fn heal(&mut self) {
@@ -809,49 +742,5 @@ impl StoreWorld {
             return Ok(false);
         }
         Ok(self.checker.converged(&mut self.nodes)?.is_ok())
-    }
-
-    fn describe(&mut self) -> String {
-        let mut parts = Vec::new();
-        for (id, node) in &mut self.nodes {
-            let Some(store) = node.store.as_mut() else {
-                parts.push(format!("node {id} down"));
-                continue;
-            };
-            let ranges: Vec<u64> = store.range_ids().collect();
-            let mut each = Vec::new();
-            for r in ranges {
-                let quiet = store.is_quiet(r);
-                if let Some(p) = store.peer_mut(r) {
-                    let s = p.raft().status();
-                    let progress = p.raft().follower_progress();
-                    each.push(format!(
-                        "{r}:{:?} t{} c{} a{} last{}{}{}",
-                        s.role,
-                        s.term,
-                        s.committed,
-                        p.applier().applied_index(),
-                        s.last_index,
-                        if quiet { " quiet" } else { "" },
-                        if progress.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" {progress:?}")
-                        }
-                    ));
-                }
-            }
-            parts.push(format!("node {id} [{}]", each.join(", ")));
-        }
-        let clients: Vec<String> = self.clients.iter().map(SimClient::describe).collect();
-        let missing = match self.checker.converged(&mut self.nodes) {
-            Ok(Err(why)) | Err(why) => why,
-            Ok(Ok(())) => "nothing".into(),
-        };
-        format!(
-            "{missing}; {}; clients: {}",
-            parts.join("; "),
-            clients.join(", ")
-        )
     }
 }
