@@ -37,8 +37,7 @@ impl Client {
         let mut groups: BTreeMap<u64, Vec<(Vec<u8>, Bytes)>> = BTreeMap::new();
         for (k, v) in pairs {
             let key = k.as_ref().to_vec();
-            // Unknown ranges group under 0 first: the first write of that group fills the
-            // cache, and the rest follow as one transaction per range they turn out to be in.
+            // Keys of ranges not cached yet group under 0: `put_group` finds their ranges.
             let range = self
                 .inner
                 .cache
@@ -52,17 +51,46 @@ impl Client {
     }
 
     async fn put_group(&self, group: Vec<(Vec<u8>, Bytes)>) -> Result<(), ClientError> {
+        match self.put_txn(&group).await {
+            Err(ClientError::CrossRange { .. }) => {}
+            done => return done,
+        }
+        // The keys turned out to span ranges (a cold cache, or a split): find each key's
+        // range, then one transaction per range; key by key only where that still fails.
+        let deadline = std::time::Instant::now() + self.inner.config.deadline;
+        let mut regrouped: BTreeMap<u64, Vec<(Vec<u8>, Bytes)>> = BTreeMap::new();
+        for (key, value) in group {
+            let internal_key = internal(&key);
+            if self.inner.cache.lock().locate(&internal_key).is_none() {
+                self.locate(&internal_key, deadline).await?;
+            }
+            let range = self
+                .inner
+                .cache
+                .lock()
+                .locate(&internal_key)
+                .map_or(0, |r| r.descriptor.id);
+            regrouped.entry(range).or_default().push((key, value));
+        }
+        try_join_all(regrouped.into_values().map(|g| async move {
+            match self.put_txn(&g).await {
+                Err(ClientError::CrossRange { .. }) => {
+                    try_join_all(g.iter().map(|(k, v)| self.put(k, v.clone()))).await?;
+                    Ok(())
+                }
+                done => done,
+            }
+        }))
+        .await?;
+        Ok(())
+    }
+
+    /// The group's puts as one transaction.
+    async fn put_txn(&self, group: &[(Vec<u8>, Bytes)]) -> Result<(), ClientError> {
         let ops: Vec<_> = group
             .iter()
             .map(|(k, v)| crate::txn::put(k, v.clone()))
             .collect();
-        match self.txn().and_then(ops).commit().await {
-            Ok(_) => Ok(()),
-            Err(ClientError::CrossRange { .. }) => {
-                try_join_all(group.into_iter().map(|(k, v)| self.put(k, v))).await?;
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+        self.txn().and_then(ops).commit().await.map(drop)
     }
 }

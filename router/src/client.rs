@@ -484,6 +484,14 @@ impl Client {
             let addr = self.target(&route, kind == Call::AnyReplica);
             match attempt(route, addr, deadline).await {
                 Step::Done(v) => return Ok(v),
+                // After an attempt that may have been taken, a later refusal does not undo
+                // it (a retry after a split may find the keys spread over two ranges).
+                Step::Fail(e) if kind == Call::Write && maybe_taken && !e.may_have_applied() => {
+                    return Err(ClientError::Indeterminate {
+                        deadline_ms: self.inner.config.deadline.as_millis() as u64,
+                        last: format!("{last}; then: {e}"),
+                    });
+                }
                 Step::Fail(e) => return Err(e),
                 Step::Retry {
                     why,
@@ -536,14 +544,23 @@ impl Client {
         admin: Option<AdminRequest>,
         span: Option<(Vec<u8>, Vec<u8>)>,
     ) -> Result<WriteResponse, ClientError> {
-        let _permit = self
-            .inner
-            .writes
-            .acquire()
-            .await
-            .map_err(|_| ClientError::Config("the client is closed".into()))?;
-        let session = self.session();
-        let guard = session.begin().await;
+        // Admission waits too (the writes in flight, the session's window), but not past the
+        // deadline; nothing has been sent until it ends.
+        let deadline = self.inner.config.deadline;
+        let admitted = tokio::time::timeout(deadline, async {
+            let permit = self.inner.writes.acquire().await;
+            let session = self.session();
+            let guard = session.begin().await;
+            (permit, session, guard)
+        })
+        .await;
+        let Ok((permit, session, guard)) = admitted else {
+            return Err(ClientError::Timeout {
+                deadline_ms: deadline.as_millis() as u64,
+                last: "too many writes of this client in flight".into(),
+            });
+        };
+        let _permit = permit.map_err(|_| ClientError::Config("the client is closed".into()))?;
         let seq = guard.seq;
         self.with_retries(
             &internal(routing_key),

@@ -160,7 +160,14 @@ impl Cursor {
         self.returned += page.kvs.len();
         let done = self.scan.limit.is_some_and(|l| self.returned >= l);
         if page.more && !done {
-            // Either this range has more, or the span goes on in the next range.
+            // Either this range has more, or the span goes on in the next range; either way
+            // the next page starts past this one's first key.
+            if page.next_key <= from {
+                return Err(ClientError::Config(format!(
+                    "a scan page from {from:?} continues at {:?}: no progress",
+                    page.next_key
+                )));
+            }
             self.next = Some(page.next_key);
         }
         Ok(page.kvs)

@@ -10,45 +10,12 @@ mod support;
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use flotilla_engine::node::FIRST_USER_RANGE;
-use flotilla_transport::kv::{
-    write_request, write_response, CommandHeader, PutRequest, RaftCommand, WriteRequest,
-    WriteResponse,
-};
-use flotilla_transport::meta::RangeEpoch;
+use flotilla_transport::kv::{write_response, WriteResponse};
 use prost::Message as _;
-use support::Cluster;
+use support::{put_command, Cluster};
 
 const DROP: &str = "service::drop_write_response";
-
-fn put(key: &str, value: &str, client_id: u64, seq: u64) -> RaftCommand {
-    RaftCommand {
-        header: Some(CommandHeader {
-            range_id: FIRST_USER_RANGE,
-            epoch: Some(RangeEpoch {
-                version: 1,
-                conf_ver: 1,
-            }),
-            client_id,
-            seq,
-            first_unacked_seq: seq,
-            session_start_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .expect("clock")
-                .as_millis() as u64,
-            proposed_at_ms: 0,
-        }),
-        request: Some(WriteRequest {
-            request: Some(write_request::Request::Put(PutRequest {
-                key: Bytes::copy_from_slice(key.as_bytes()),
-                value: Bytes::copy_from_slice(value.as_bytes()),
-                prev_kv: false,
-            })),
-        }),
-        admin: None,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_whose_answer_is_lost_after_apply_is_applied_exactly_once() {
@@ -62,7 +29,7 @@ async fn a_write_whose_answer_is_lost_after_apply_is_applied_exactly_once() {
 
     // By hand: the first answer is lost, the retry is answered from the session.
     let raw = cluster.raw();
-    let command = put("raw", "v", 77, 1).encode_to_vec();
+    let command = put_command("raw", "v", 77, 1).encode_to_vec();
     fail::cfg(DROP, "1*return(lost on the way back)").expect("failpoint");
     let first = raw
         .call(

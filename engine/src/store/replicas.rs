@@ -605,7 +605,12 @@ impl Store {
                 let descriptor = peer.applier().descriptor().clone();
                 // A removal is a configuration this replica never applied (had it, it would
                 // have deleted itself): a tombstone not newer than what it has is stale, or
-                // from a replica that is behind it.
+                // from a replica that is behind it. Safe from any sender because (a) a range's
+                // conf_ver only grows along its committed history (a split's new range has
+                // its own id), (b) replica ids are never reused (a node added again gets a
+                // new one), and (c) a replica's own descriptor is never older than the change
+                // that added it: so a descriptor without this replica and newer than this
+                // replica's own can only come after its removal.
                 if status.id != m.to
                     || status.role == Role::Leader
                     || m.index <= conf_ver_of(&descriptor)

@@ -106,9 +106,14 @@ impl Chooser {
     /// For `records` records (zipfian's table is built for that many; inserts past it are
     /// reached by latest, and by the others through the modulo, as in YCSB).
     pub fn new(distribution: Distribution, records: u64, seed: u64) -> Self {
+        Self::with_zipfian(distribution, Zipfian::new(records), seed)
+    }
+
+    /// With a zipfian table built once (its constant costs O(records) to compute) and shared.
+    pub fn with_zipfian(distribution: Distribution, zipfian: Zipfian, seed: u64) -> Self {
         Self {
             distribution,
-            zipfian: Zipfian::new(records),
+            zipfian,
             rng: ChaCha8Rng::seed_from_u64(seed),
         }
     }

@@ -19,7 +19,7 @@ use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use rand::{Rng, SeedableRng};
 
-use self::generator::Chooser;
+use self::generator::{Chooser, Zipfian};
 use self::workload::{key_of, Op, Workload};
 
 /// Which YCSB phase.
@@ -62,16 +62,22 @@ pub struct Options {
 pub struct OpStats {
     /// Latencies of the successful operations, in microseconds.
     pub latency_us: Histogram<u64>,
+    /// How long the failed ones took to fail (a failover's timeouts show here, not hidden).
+    pub failed_latency_us: Histogram<u64>,
     pub errors: u64,
     /// The first few error messages, for the report.
     pub sample_errors: Vec<String>,
 }
 
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static histogram bounds are valid")
+}
+
 impl OpStats {
     fn new() -> Self {
         Self {
-            latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
-                .expect("static histogram bounds are valid"),
+            latency_us: histogram(),
+            failed_latency_us: histogram(),
             errors: 0,
             sample_errors: Vec::new(),
         }
@@ -122,15 +128,16 @@ struct Recorder {
 }
 
 impl Recorder {
-    fn record(&mut self, op: Op, result: Result<Duration, String>) {
+    fn record(&mut self, op: Op, latency: Duration, result: Result<(), String>) {
         let stats = self.ops.entry(op).or_insert_with(OpStats::new);
+        let us = (latency.as_micros() as u64).max(1);
         match result {
-            Ok(latency) => {
-                let us = (latency.as_micros() as u64).max(1);
+            Ok(()) => {
                 stats.latency_us.saturating_record(us);
                 self.second.saturating_record(us);
             }
             Err(e) => {
+                stats.failed_latency_us.saturating_record(us);
                 stats.errors += 1;
                 if stats.sample_errors.len() < 3 {
                     stats.sample_errors.push(e);
@@ -149,8 +156,12 @@ struct Shared {
     claimed: AtomicU64,
     /// Record numbers handed to inserts of the run phase.
     next_insert: AtomicU64,
-    /// Records known inserted: reads and updates choose below this.
-    inserted: AtomicU64,
+    /// Records known inserted, YCSB's acknowledged counter: the first `limit` record numbers
+    /// (from `insert_start`) all acknowledged, and those acknowledged past a gap. Reads and
+    /// updates choose below the limit, so they never pick a record still being inserted.
+    inserted: Mutex<(u64, std::collections::BTreeSet<u64>)>,
+    /// Built once: its constant costs O(records) to compute.
+    zipfian: Zipfian,
     stop: AtomicBool,
 }
 
@@ -164,7 +175,8 @@ pub async fn run(client: Client, options: Options) -> Summary {
     let threads = options.threads.max(1);
     let shared = Arc::new(Shared {
         next_insert: AtomicU64::new(w.insert_start + w.record_count),
-        inserted: AtomicU64::new(w.record_count),
+        inserted: Mutex::new((w.record_count, std::collections::BTreeSet::new())),
+        zipfian: Zipfian::new(w.record_count),
         client,
         recorder: Mutex::new(Recorder {
             ops: BTreeMap::new(),
@@ -260,7 +272,7 @@ async fn worker(
     let options = &shared.options;
     let w = &options.workload;
     let seed = options.seed ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    let mut chooser = Chooser::new(w.distribution, w.record_count, seed);
+    let mut chooser = Chooser::with_zipfian(w.distribution, shared.zipfian.clone(), seed);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 1);
     // Random bytes to cut values from (a fresh offset per write, so values differ).
     let pool: Bytes = (0..w.value_bytes().max(1) * 2)
@@ -300,14 +312,13 @@ async fn worker(
                 insert(&shared, keynum, value).await
             }
             (Phase::Run, op) => {
-                let known = shared.inserted.load(Ordering::Relaxed);
+                let known = shared.inserted.lock().0;
                 let keynum = w.insert_start + chooser.next(known);
                 let scan_len = chooser.uniform(1, w.max_scan_length);
                 one(&shared.client, op, &key_of(keynum), value, scan_len).await
             }
         };
-        let latency = result.map(|()| begin.elapsed());
-        shared.recorder.lock().record(op, latency);
+        shared.recorder.lock().record(op, begin.elapsed(), result);
     }
 }
 
@@ -317,7 +328,15 @@ async fn insert(shared: &Shared, keynum: u64, value: Bytes) -> Result<(), String
         .put(key_of(keynum), value)
         .await
         .map_err(|e| e.to_string())?;
-    shared.inserted.fetch_add(1, Ordering::Relaxed);
+    let relative = keynum - shared.options.workload.insert_start;
+    let mut known = shared.inserted.lock();
+    let (limit, ahead) = &mut *known;
+    if relative >= *limit {
+        ahead.insert(relative);
+        while ahead.remove(limit) {
+            *limit += 1;
+        }
+    }
     Ok(())
 }
 

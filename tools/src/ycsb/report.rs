@@ -100,6 +100,14 @@ pub fn json(s: &Summary, machine: &str) -> Value {
                     stats.latency_us.max()
                 }),
             );
+            let failed = &stats.failed_latency_us;
+            if !failed.is_empty() {
+                o.insert(
+                    "failed_p99_us".into(),
+                    json!(failed.value_at_quantile(0.99)),
+                );
+                o.insert("failed_max_us".into(), json!(failed.max()));
+            }
             (op.name().to_ascii_lowercase(), Value::Object(o))
         })
         .collect();

@@ -13,43 +13,15 @@ use flotilla_engine::kv::KvError;
 use flotilla_engine::node::FIRST_USER_RANGE;
 use flotilla_engine::store::RequestError;
 use flotilla_transport::kv::{
-    write_request, write_response, CommandHeader, Compare, CompareOp, CompareTarget, ErrorCode,
-    PutRequest, RaftCommand, TxnOp, TxnRequest, WriteRequest, WriteResponse,
+    write_response, Compare, CompareOp, CompareTarget, ErrorCode, PutRequest, RaftCommand, TxnOp,
+    TxnRequest, WriteRequest, WriteResponse,
 };
 use flotilla_transport::meta::RangeEpoch;
 use flotilla_transport::service::{read_response, ReadConsistency, ReadRequest, ReadResponse};
 use flotilla_transport::wire::RpcCode;
 use flotilla_transport::TransportError;
 use prost::Message as _;
-use support::{eventually, Cluster};
-
-fn put_command(key: &str, value: &str, client_id: u64, seq: u64) -> RaftCommand {
-    RaftCommand {
-        header: Some(CommandHeader {
-            range_id: FIRST_USER_RANGE,
-            epoch: Some(RangeEpoch {
-                version: 1,
-                conf_ver: 1,
-            }),
-            client_id,
-            seq,
-            first_unacked_seq: seq,
-            session_start_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .expect("clock")
-                .as_millis() as u64,
-            proposed_at_ms: 0,
-        }),
-        request: Some(WriteRequest {
-            request: Some(write_request::Request::Put(PutRequest {
-                key: Bytes::copy_from_slice(key.as_bytes()),
-                value: Bytes::copy_from_slice(value.as_bytes()),
-                prev_kv: false,
-            })),
-        }),
-        admin: None,
-    }
-}
+use support::{eventually, put_command, Cluster};
 
 async fn value(client: &Client, key: &str) -> Option<String> {
     client

@@ -14,7 +14,10 @@ use flotilla_engine::node::{Node, NodeConfig, FIRST_USER_RANGE};
 use flotilla_engine::raft::Config as RaftConfig;
 use flotilla_engine::storage::EngineConfig;
 use flotilla_engine::store::RuntimeConfig;
-use flotilla_transport::kv::{GetRequest, RaftCommand, WriteResponse};
+use flotilla_transport::kv::{
+    write_request, CommandHeader, GetRequest, PutRequest, RaftCommand, WriteRequest, WriteResponse,
+};
+use flotilla_transport::meta::RangeEpoch;
 use flotilla_transport::service::{read_request, read_response, ReadConsistency, ReadRequest};
 use flotilla_transport::tls::{ClusterCa, TlsConfig};
 use flotilla_transport::{ClientEndpoint, TransportConfig};
@@ -416,5 +419,35 @@ impl Cluster {
         for id in self.ids() {
             self.crash(id).await;
         }
+    }
+}
+
+/// A put of `key` in the first user range at its bootstrap epoch, as a raw command with the
+/// session `(client_id, seq)`.
+pub fn put_command(key: &str, value: &str, client_id: u64, seq: u64) -> RaftCommand {
+    RaftCommand {
+        header: Some(CommandHeader {
+            range_id: FIRST_USER_RANGE,
+            epoch: Some(RangeEpoch {
+                version: 1,
+                conf_ver: 1,
+            }),
+            client_id,
+            seq,
+            first_unacked_seq: seq,
+            session_start_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_millis() as u64,
+            proposed_at_ms: 0,
+        }),
+        request: Some(WriteRequest {
+            request: Some(write_request::Request::Put(PutRequest {
+                key: Bytes::copy_from_slice(key.as_bytes()),
+                value: Bytes::copy_from_slice(value.as_bytes()),
+                prev_kv: false,
+            })),
+        }),
+        admin: None,
     }
 }
