@@ -56,6 +56,7 @@ impl Store {
             receipt = SnapshotReceipt::Created;
         }
         self.wake(range_id);
+        self.heard_from_leader(range_id);
         let Some(peer) = self.peer_mut(range_id) else {
             return Ok(SnapshotReceipt::Refused);
         };

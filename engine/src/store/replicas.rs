@@ -451,7 +451,7 @@ impl Store {
             MessageType::try_from(message.msg_type),
             Ok(MessageType::Heartbeat | MessageType::Append | MessageType::Snapshot)
         ) {
-            self.leaderless_ticks.remove(&range_id);
+            self.heard_from_leader(range_id);
         }
         if self.wakes(range_id, &message) {
             self.wake(range_id);
@@ -561,6 +561,12 @@ impl Store {
         Ok(())
     }
 
+    /// A leader reached this replica (an append, a heartbeat, a snapshot): it is not
+    /// leaderless, whatever its ticks said.
+    pub(crate) fn heard_from_leader(&mut self, range_id: u64) {
+        self.leaderless_ticks.remove(&range_id);
+    }
+
     /// A replica asks whether it is still a member: answered with a tombstone when this
     /// replica's applied configuration is newer than the asker's and lacks it.
     fn on_membership_query(&mut self, range_id: u64, from_node: u64, m: &Message) {
@@ -657,6 +663,11 @@ impl Store {
     ) -> Result<(), PeerError> {
         self.peers.remove(&descriptor.id);
         self.leaderless_ticks.remove(&descriptor.id);
+        // Replica ids are never reused: the range's are of no use here any more (answers to a
+        // removed replica's late messages go by the node the transport names).
+        for r in &descriptor.replicas {
+            self.nodes_of_replicas.remove(&r.replica_id);
+        }
         let gone: Vec<(u64, u64)> = self
             .pending
             .range((descriptor.id, 0)..=(descriptor.id, u64::MAX))
