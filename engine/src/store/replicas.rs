@@ -617,10 +617,10 @@ impl Store {
                 // new one), and (c) a replica's own descriptor is never older than the change
                 // that added it: so a descriptor without this replica and newer than this
                 // replica's own can only come after its removal.
-                if status.id != m.to
-                    || status.role == Role::Leader
-                    || m.index <= conf_ver_of(&descriptor)
-                {
+                // That holds for a replica that still believes it leads too: a quiet leader
+                // cut off one way keeps its role (nothing ticks it), and only a tombstone
+                // tells it that the range moved on without it.
+                if status.id != m.to || m.index <= conf_ver_of(&descriptor) {
                     return Ok(false);
                 }
                 let conf_ver = m.index;
