@@ -134,6 +134,7 @@ impl Store {
             .min();
         if first_live_voter == Some(me) {
             peer.raft().campaign()?;
+            self.recampaign_soon(range_id);
         }
         Ok(())
     }

@@ -178,7 +178,15 @@ pub struct Store {
     tombstones: BTreeMap<u64, PendingTombstones>,
     /// Ticks since each ticking non-leader replica last heard from a leader.
     leaderless_ticks: BTreeMap<u64, u64>,
+    /// Ranges this node campaigned for after their leader's node went down: `(ticks until the
+    /// next try, tries left)`. The other survivors may not have noticed the death yet and
+    /// refuse the first pre-vote; trying again soon beats waiting out an election timeout.
+    recampaigns: BTreeMap<u64, (u64, u32)>,
 }
+
+/// Ticks between campaigns after a leader's node went down, and how many more tries.
+const RECAMPAIGN_TICKS: u64 = 3;
+const RECAMPAIGN_TRIES: u32 = 3;
 
 /// Removed replicas a leader still has to tell.
 #[derive(Debug, Default)]
@@ -254,6 +262,7 @@ impl Store {
             extra: BTreeMap::new(),
             tombstones: BTreeMap::new(),
             leaderless_ticks: BTreeMap::new(),
+            recampaigns: BTreeMap::new(),
         };
         for range_id in engine.range_ids()?.into_iter().filter(|r| hosts(*r)) {
             let descriptor = engine
@@ -356,6 +365,22 @@ impl Store {
     pub fn tick_range(&mut self, range_id: u64) -> Result<(), PeerError> {
         if let Some(peer) = self.peers.get_mut(&range_id) {
             peer.raft().tick()?;
+            if let Some((ticks, tries)) = self.recampaigns.get_mut(&range_id) {
+                *ticks = ticks.saturating_sub(1);
+                if *ticks == 0 {
+                    let status = peer.raft().status();
+                    let tries_left = tries.saturating_sub(1);
+                    if status.leader_id == 0 && status.role != Role::Leader {
+                        peer.raft().campaign()?;
+                    }
+                    if tries_left == 0 || status.leader_id != 0 || status.role == Role::Leader {
+                        self.recampaigns.remove(&range_id);
+                    } else {
+                        *ticks = RECAMPAIGN_TICKS;
+                        *tries = tries_left;
+                    }
+                }
+            }
             let timeout = self.raft.election_timeout_ticks.max(1);
             if peer.raft().status().role == Role::Leader {
                 self.leaderless_ticks.remove(&range_id);
@@ -561,6 +586,13 @@ impl Store {
         Ok(())
     }
 
+    /// This node campaigned for `range_id` after its leader's node went down: try again a few
+    /// times while no leader is known.
+    pub(crate) fn recampaign_soon(&mut self, range_id: u64) {
+        self.recampaigns
+            .insert(range_id, (RECAMPAIGN_TICKS, RECAMPAIGN_TRIES));
+    }
+
     /// A leader reached this replica (an append, a heartbeat, a snapshot): it is not
     /// leaderless, whatever its ticks said.
     pub(crate) fn heard_from_leader(&mut self, range_id: u64) {
@@ -663,6 +695,7 @@ impl Store {
     ) -> Result<(), PeerError> {
         self.peers.remove(&descriptor.id);
         self.leaderless_ticks.remove(&descriptor.id);
+        self.recampaigns.remove(&descriptor.id);
         // Replica ids are never reused: the range's are of no use here any more (answers to a
         // removed replica's late messages go by the node the transport names).
         for r in &descriptor.replicas {
