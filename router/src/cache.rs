@@ -28,6 +28,22 @@ impl RangeCache {
         contains(&route.descriptor, key).then(|| route.clone())
     }
 
+    /// The range holding the internal keys just below `key` (an empty `key`: the last range).
+    pub(crate) fn locate_before(&self, key: &[u8]) -> Option<Route> {
+        let route = if key.is_empty() {
+            self.by_start.values().next_back()?
+        } else {
+            self.by_start.range(..key.to_vec()).next_back()?.1
+        };
+        let end = &route.descriptor.end_key;
+        let holds = if key.is_empty() {
+            end.is_empty()
+        } else {
+            end.is_empty() || end.as_ref() >= key
+        };
+        holds.then(|| route.clone())
+    }
+
     /// Puts `descriptor` in, evicting the ranges it overlaps that are older.
     pub(crate) fn insert(&mut self, descriptor: RangeDescriptor, leader_node: u64) {
         let version = |d: &RangeDescriptor| d.epoch.map_or((0, 0), |e| (e.version, e.conf_ver));

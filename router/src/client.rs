@@ -83,6 +83,25 @@ fn holds(d: &RangeDescriptor, start: &[u8], end: &[u8]) -> bool {
     starts_inside && ends_inside
 }
 
+/// Which range a call goes to.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Target<'a> {
+    /// The range holding this internal key.
+    Key(&'a [u8]),
+    /// The range holding the keys just below this internal key (an empty key: the last
+    /// range): where a reverse scan ending there starts.
+    Before(&'a [u8]),
+}
+
+impl Target<'_> {
+    fn in_cache(self, cache: &RangeCache) -> Option<Route> {
+        match self {
+            Target::Key(key) => cache.locate(key),
+            Target::Before(key) => cache.locate_before(key),
+        }
+    }
+}
+
 /// What a call is, for routing and for the error at its deadline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Call {
@@ -444,7 +463,7 @@ impl Client {
     /// the request may go to any replica (follower and stale reads), not only the leader.
     async fn with_retries<T, F, Fut>(
         &self,
-        key: &[u8],
+        target: Target<'_>,
         kind: Call,
         mut attempt: F,
     ) -> Result<T, ClientError>
@@ -463,14 +482,18 @@ impl Client {
             tokio::time::sleep(wait.min(deadline.saturating_duration_since(Instant::now())))
         };
         while Instant::now() < deadline {
-            let located = self.inner.cache.lock().locate(key);
+            let located = target.in_cache(&self.inner.cache.lock());
             let route = match located {
                 Some(r) => r,
                 None => {
-                    if let Err(e) = self.locate(key, deadline).await {
+                    let found = match target {
+                        Target::Key(key) => self.locate(key, deadline).await,
+                        Target::Before(key) => self.locate_before(key, deadline).await,
+                    };
+                    if let Err(e) = found {
                         last = e.to_string();
                     }
-                    let located = self.inner.cache.lock().locate(key);
+                    let located = target.in_cache(&self.inner.cache.lock());
                     match located {
                         Some(r) => r,
                         None => {
@@ -563,7 +586,7 @@ impl Client {
         let _permit = permit.map_err(|_| ClientError::Config("the client is closed".into()))?;
         let seq = guard.seq;
         self.with_retries(
-            &internal(routing_key),
+            Target::Key(&internal(routing_key)),
             Call::Write,
             |route, addr, deadline| {
                 let outside = span
@@ -638,12 +661,22 @@ impl Client {
         consistency: ReadConsistency,
         request: read_request::Request,
     ) -> Result<read_response::Response, ClientError> {
+        self.read_at(Target::Key(key), consistency, request).await
+    }
+
+    /// A read sent to `target`'s range.
+    pub(crate) async fn read_at(
+        &self,
+        target: Target<'_>,
+        consistency: ReadConsistency,
+        request: read_request::Request,
+    ) -> Result<read_response::Response, ClientError> {
         let kind = if consistency == ReadConsistency::Linearizable {
             Call::Leader
         } else {
             Call::AnyReplica
         };
-        self.with_retries(key, kind, |route, addr, deadline| {
+        self.with_retries(target, kind, |route, addr, deadline| {
             let body = ReadRequest {
                 range_id: route.descriptor.id,
                 epoch: route.descriptor.epoch,

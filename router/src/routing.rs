@@ -112,3 +112,55 @@ impl Client {
         })
     }
 }
+
+impl Client {
+    /// Fills the cache with the range holding the internal keys just below `key` (an empty
+    /// `key`: the last range), from the routing records of the ranges overlapping a short span
+    /// below it: the last of them is that range.
+    pub(crate) async fn locate_before(
+        &self,
+        key: &[u8],
+        deadline: Instant,
+    ) -> Result<(), ClientError> {
+        use flotilla_transport::service::{ScanRangesRequest, ScanRangesResponse};
+        if self.inner.nodes.lock().is_empty() {
+            self.refresh(Some(deadline)).await?;
+        }
+        let user_end = key.get(1..).unwrap_or_default();
+        // A key below `key` close enough that at most a few ranges lie in between.
+        let below: Vec<u8> = match user_end.split_last() {
+            None => vec![0xff; 16],
+            Some((0, head)) => head.to_vec(),
+            Some((last, head)) => [head, &[last - 1], &[0xff; 16][..]].concat(),
+        };
+        let body = ScanRangesRequest {
+            start: bytes::Bytes::from(below),
+            end: bytes::Bytes::copy_from_slice(user_end),
+            limit: 0,
+        }
+        .encode_to_vec();
+        for _ in 0..self.addresses().len() {
+            let addr = self.next_address();
+            let Ok(answer) = self
+                .call_within(addr, "routing.ScanRanges", body.clone(), Some(deadline))
+                .await
+            else {
+                continue;
+            };
+            let Ok(page) = ScanRangesResponse::decode(answer) else {
+                continue;
+            };
+            if page.records.is_empty() {
+                continue;
+            }
+            let mut cache = self.inner.cache.lock();
+            for r in page.records {
+                if let Some(d) = r.descriptor {
+                    cache.insert(d, r.leader_node);
+                }
+            }
+            return Ok(());
+        }
+        self.refresh(Some(deadline)).await
+    }
+}

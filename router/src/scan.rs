@@ -1,5 +1,5 @@
 //! Scans across ranges: `client.scan(a..b)` pages through every range the span touches, in key
-//! order, each page routed and retried like any read. Nothing caps a scan but the caller's own
+//! order (or descending with `.reverse()`), each page routed and retried like any read. Nothing caps a scan but the caller's own
 //! `limit`: it is a stream, so a scan of the whole keyspace holds one page in memory.
 
 use std::ops::{Bound, RangeBounds};
@@ -9,7 +9,7 @@ use flotilla_transport::kv::{KeyValue, ScanRequest};
 use flotilla_transport::service::{read_request, read_response, ReadConsistency};
 use futures_util::stream::{self, Stream, TryStreamExt};
 
-use crate::client::{internal, Client};
+use crate::client::{internal, Client, Target};
 use crate::error::ClientError;
 
 /// Keys per page asked of a range (the server caps pages by bytes too).
@@ -27,6 +27,7 @@ pub struct Scan {
     end: Option<Bytes>,
     limit: Option<usize>,
     keys_only: bool,
+    reverse: bool,
     consistency: ReadConsistency,
 }
 
@@ -68,15 +69,25 @@ impl Client {
             end,
             limit: None,
             keys_only: false,
+            reverse: false,
             consistency: self.inner.config.read_consistency,
         }
     }
 }
 
+/// Where the next page of a scan begins.
+#[derive(Clone, Debug)]
+enum Next {
+    /// Forward: its first key (inclusive).
+    Start(Bytes),
+    /// Reverse: its end (exclusive); `None`: past every key.
+    End(Option<Bytes>),
+}
+
 /// Where a scan is between pages.
 struct Cursor {
     scan: Scan,
-    next: Option<Bytes>,
+    next: Option<Next>,
     returned: usize,
 }
 
@@ -93,6 +104,12 @@ impl Scan {
         self
     }
 
+    /// In descending key order (from the end of the span back to its start).
+    pub fn reverse(mut self) -> Self {
+        self.reverse = true;
+        self
+    }
+
     /// Reads at `consistency` instead of the client's default.
     pub fn consistency(mut self, consistency: ReadConsistency) -> Self {
         self.consistency = consistency;
@@ -105,7 +122,12 @@ impl Scan {
 
     /// The keys, one page at a time.
     pub fn stream(self) -> impl Stream<Item = Result<KeyValue, ClientError>> + Send {
-        let next = (!self.is_empty_span()).then(|| self.start.clone());
+        let first = if self.reverse {
+            Next::End(self.end.clone())
+        } else {
+            Next::Start(self.start.clone())
+        };
+        let next = (!self.is_empty_span()).then_some(first);
         let cursor = Cursor {
             scan: self,
             next,
@@ -131,8 +153,8 @@ impl Scan {
 }
 
 impl Cursor {
-    /// The page of keys from `from` in the range holding it; sets where the next one starts.
-    async fn page(&mut self, from: Bytes) -> Result<Vec<KeyValue>, ClientError> {
+    /// The next page: its request, the range to send it to, and where the one after begins.
+    async fn page(&mut self, at: Next) -> Result<Vec<KeyValue>, ClientError> {
         let remaining = self.scan.limit.map(|l| l - self.returned.min(l));
         if remaining == Some(0) {
             return Ok(Vec::new());
@@ -140,17 +162,35 @@ impl Cursor {
         let want = remaining.map_or(PAGE_KEYS, |r| {
             u32::try_from(r).unwrap_or(PAGE_KEYS).min(PAGE_KEYS)
         });
+        let (start, end, route) = match &at {
+            Next::Start(from) => (
+                from.clone(),
+                self.scan.end.clone().unwrap_or_default(),
+                internal(from),
+            ),
+            // An empty end on the wire and in the route: past every key (the last range).
+            Next::End(end) => (
+                self.scan.start.clone(),
+                end.clone().unwrap_or_default(),
+                end.as_ref().map(|e| internal(e)).unwrap_or_default(),
+            ),
+        };
         let request = read_request::Request::Scan(ScanRequest {
-            start: from.clone(),
-            end: self.scan.end.clone().unwrap_or_default(),
+            start,
+            end,
             limit: want,
             limit_bytes: 0,
             keys_only: self.scan.keys_only,
+            reverse: self.scan.reverse,
         });
+        let target = match at {
+            Next::Start(_) => Target::Key(&route),
+            Next::End(_) => Target::Before(&route),
+        };
         let response = self
             .scan
             .client
-            .read(&internal(&from), self.scan.consistency, request)
+            .read_at(target, self.scan.consistency, request)
             .await?;
         let read_response::Response::Scan(page) = response else {
             return Err(ClientError::Config(
@@ -160,15 +200,24 @@ impl Cursor {
         self.returned += page.kvs.len();
         let done = self.scan.limit.is_some_and(|l| self.returned >= l);
         if page.more && !done {
-            // Either this range has more, or the span goes on in the next range; either way
-            // the next page starts past this one's first key.
-            if page.next_key <= from {
+            // This range has more, or the span goes on in the next range (the one before, in
+            // reverse): either way the next page must begin past this one's beginning.
+            let advanced = match &at {
+                Next::Start(from) => page.next_key > *from,
+                Next::End(None) => true,
+                Next::End(Some(end)) => page.next_key < *end,
+            };
+            if !advanced {
                 return Err(ClientError::Config(format!(
-                    "a scan page from {from:?} continues at {:?}: no progress",
+                    "a scan page at {at:?} continues at {:?}: no progress",
                     page.next_key
                 )));
             }
-            self.next = Some(page.next_key);
+            self.next = Some(if self.scan.reverse {
+                Next::End(Some(page.next_key))
+            } else {
+                Next::Start(page.next_key)
+            });
         }
         Ok(page.kvs)
     }

@@ -447,6 +447,7 @@ fn scans_page_and_stop_at_the_range_end() {
             start: "c".into(),
             end: "f".into(),
             keys_only: true,
+            reverse: false,
             ..ScanRequest::default()
         },
         &config,
@@ -454,4 +455,34 @@ fn scans_page_and_stop_at_the_range_end() {
     .expect("scan");
     assert_eq!(page.kvs.len(), 3);
     assert!(!page.more && page.kvs.iter().all(|kv| kv.value.is_empty()));
+
+    // In reverse: descending from the end; a limit continues at the last key returned; a
+    // span starting before the range continues at the range's start; an end past the range
+    // is refused (the caller routed to the wrong range).
+    let reverse = |start: &'static str, end: &'static str, limit: u32| {
+        kv::scan(
+            &engine,
+            &desc,
+            &ScanRequest {
+                start: start.into(),
+                end: end.into(),
+                limit,
+                reverse: true,
+                ..ScanRequest::default()
+            },
+            &config,
+        )
+    };
+    let page = reverse("c", "g", 0).expect("scan");
+    let got: Vec<&[u8]> = page.kvs.iter().map(|kv| kv.key.as_ref()).collect();
+    assert_eq!(got, [&b"f"[..], b"e", b"d", b"c"]);
+    assert!(!page.more);
+    let page = reverse("c", "g", 2).expect("scan");
+    assert_eq!(page.kvs.len(), 2);
+    assert_eq!((page.more, page.next_key.as_ref()), (true, &b"e"[..]));
+    let page = reverse("a", "d", 0).expect("scan");
+    assert_eq!(page.kvs.len(), 2, "b and c");
+    assert_eq!((page.more, page.next_key.as_ref()), (true, &b"b"[..]));
+    assert!(reverse("c", "z", 0).is_err(), "an end past the range");
+    assert!(reverse("a", "b", 0).is_err(), "an end at the range's start");
 }

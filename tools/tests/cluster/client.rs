@@ -56,6 +56,38 @@ async fn a_scan_across_ten_ranges_returns_every_key_once_in_order() {
     let half_open = client.scan(a..b).collect().await.expect("scan");
     assert_eq!(half_open.len(), 240);
 
+    // In reverse: every key once, descending, across the ten ranges; a limit; bounds.
+    let descending: Vec<Vec<u8>> = keys.iter().rev().cloned().collect();
+    let back = client
+        .scan::<&[u8]>(..)
+        .reverse()
+        .collect()
+        .await
+        .expect("reverse scan");
+    let got: Vec<Vec<u8>> = back.iter().map(|kv| kv.key.to_vec()).collect();
+    assert_eq!(
+        got, descending,
+        "every key once, in reverse, across the ranges"
+    );
+    let last = client
+        .scan::<&[u8]>(..)
+        .reverse()
+        .limit(45)
+        .collect()
+        .await
+        .expect("reverse scan");
+    let got: Vec<Vec<u8>> = last.iter().map(|kv| kv.key.to_vec()).collect();
+    assert_eq!(got, descending[..45].to_vec());
+    let middle = client
+        .scan(a..=b)
+        .reverse()
+        .collect()
+        .await
+        .expect("reverse scan");
+    let got: Vec<Vec<u8>> = middle.iter().map(|kv| kv.key.to_vec()).collect();
+    let want: Vec<Vec<u8>> = keys[20..=260].iter().rev().cloned().collect();
+    assert_eq!(got, want);
+
     // Batch reads keep the order asked, absent keys as None.
     let mut asked: Vec<Vec<u8>> = keys.iter().rev().take(30).cloned().collect();
     asked.push(b"\xff\xffmissing".to_vec());

@@ -266,6 +266,7 @@ fn scan_all(store: &Store, d: &RangeDescriptor) -> Result<Vec<KeyValue>, String>
                 limit: 1_000,
                 limit_bytes: 0,
                 keys_only: false,
+                reverse: false,
             })),
         };
         match store.serve_read(&request) {
