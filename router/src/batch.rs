@@ -1,5 +1,5 @@
-//! Batches: many keys in one call. `batch_get` reads every key concurrently (each one
-//! linearizable); `batch_put` groups the pairs by range and writes each group as one
+//! Batches: many keys in one call. `batch_get` reads the keys concurrently, 64 at a time (each
+//! one linearizable); `batch_put` groups the pairs by range and writes each group as one
 //! transaction, so each range's share is atomic (the batch as a whole is not: ranges commit
 //! independently).
 
@@ -8,6 +8,10 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use flotilla_transport::kv::KeyValue;
 use futures_util::future::try_join_all;
+use futures_util::{StreamExt, TryStreamExt};
+
+/// Gets of one `batch_get` in flight at once (the answers keep the keys' order).
+const BATCH_GETS_IN_FLIGHT: usize = 64;
 
 use crate::client::{internal, Client};
 use crate::error::ClientError;
@@ -22,7 +26,10 @@ impl Client {
         keys: impl IntoIterator<Item = K>,
     ) -> Result<Vec<Option<KeyValue>>, ClientError> {
         let keys: Vec<Vec<u8>> = keys.into_iter().map(|k| k.as_ref().to_vec()).collect();
-        try_join_all(keys.iter().map(|k| self.get(k))).await
+        futures_util::stream::iter(keys.iter().map(|k| self.get(k)))
+            .buffered(BATCH_GETS_IN_FLIGHT)
+            .try_collect()
+            .await
     }
 
     /// Sets every pair: one transaction per range the keys fall in, all ranges concurrently.
