@@ -101,6 +101,11 @@ impl<S: LogStore> RaftLog<S> {
         Some(s)
     }
 
+    /// The snapshot restored from the leader and not installed yet.
+    pub fn pending_snapshot(&self) -> Option<&SnapshotMetadata> {
+        self.snapshot.as_ref()
+    }
+
     pub fn has_pending_snapshot(&self) -> bool {
         self.snapshot.is_some()
     }

@@ -558,6 +558,12 @@ impl<S: LogStore> RawNode<S> {
         self.raft.lead_transferee
     }
 
+    /// The snapshot this replica restored from its leader and has not installed yet (its
+    /// caller must hold that snapshot's data).
+    pub fn pending_snapshot(&self) -> Option<&SnapshotMetadata> {
+        self.raft.log.pending_snapshot()
+    }
+
     /// Whether a membership change is proposed (or inherited by this leader) and not applied:
     /// until it is, a replica outside the membership may be one the change adds.
     pub fn has_pending_conf_change(&self) -> bool {

@@ -180,7 +180,16 @@ impl Peer {
             });
         }
         self.raw.step(message)?;
-        self.pending_snapshot = Some(data);
+        // Keep the data only if the core restored from this very snapshot: a stale or
+        // duplicate one (a resend, a second stream) is ignored by the core and must not
+        // replace the data of the snapshot it did take.
+        let restored = self
+            .raw
+            .pending_snapshot()
+            .is_some_and(|s| s.index == data.metadata().index && s.term == data.metadata().term);
+        if restored {
+            self.pending_snapshot = Some(data);
+        }
         Ok(())
     }
 
