@@ -19,6 +19,7 @@ mod cache;
 mod client;
 mod config;
 mod error;
+mod kv;
 mod routing;
 mod scan;
 pub mod txn;
