@@ -26,7 +26,7 @@ pub(crate) use crate::cache::{RangeCache, Route};
 use crate::config::ClientConfig;
 use crate::error::ClientError;
 
-const USER_KEY_PREFIX: u8 = 0x01;
+pub(crate) const USER_KEY_PREFIX: u8 = 0x01;
 
 pub(crate) fn internal(key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(key.len() + 1);
@@ -566,6 +566,21 @@ impl Client {
         admin: Option<AdminRequest>,
         span: Option<(Vec<u8>, Vec<u8>)>,
     ) -> Result<WriteResponse, ClientError> {
+        self.command_at(&internal(routing_key), None, request, admin, span)
+            .await
+    }
+
+    /// [`Client::command_within`] routed by an internal key (`at`); with `range_id`, an
+    /// attempt that routes to another range fails with `Config` unsent (an operator's command
+    /// aimed at one range by its start key).
+    pub(crate) async fn command_at(
+        &self,
+        at: &[u8],
+        range_id: Option<u64>,
+        request: Option<WriteRequest>,
+        admin: Option<AdminRequest>,
+        span: Option<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<WriteResponse, ClientError> {
         // Admission waits too (the writes in flight, the session's window), but not past the
         // deadline; nothing has been sent until it ends.
         let deadline = self.inner.config.deadline;
@@ -584,10 +599,8 @@ impl Client {
         };
         let _permit = permit.map_err(|_| ClientError::Config("the client is closed".into()))?;
         let seq = guard.seq;
-        self.with_retries(
-            Target::Key(&internal(routing_key)),
-            Call::Write,
-            |route, addr, deadline| {
+        self.with_retries(Target::Key(at), Call::Write, |route, addr, deadline| {
+                let elsewhere = range_id.filter(|id| *id != route.descriptor.id);
                 let outside = span
                     .as_ref()
                     .filter(|(start, end)| !holds(&route.descriptor, start, end))
@@ -616,6 +629,12 @@ impl Client {
                     admin: admin.clone(),
                 };
                 async move {
+                    if let Some(wanted) = elsewhere {
+                        return Step::Fail(ClientError::Config(format!(
+                            "range {wanted} no longer holds its start key (range {} does)",
+                            route.descriptor.id
+                        )));
+                    }
                     if let Some(ranges) = outside {
                         return Step::Fail(ClientError::CrossRange { ranges });
                     }

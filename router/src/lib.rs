@@ -33,4 +33,5 @@ pub use flotilla_transport::kv::{
     Compare, ErrorCode, KeyValue, ReplicaChangeKind, TxnOp, TxnOpResponse, TxnRequest, TxnResponse,
     WriteResponse,
 };
-pub use flotilla_transport::service::ReadConsistency;
+pub use flotilla_transport::meta::NodeState;
+pub use flotilla_transport::service::{PlacementStatus, ReadConsistency};

@@ -12,7 +12,7 @@ use flotilla_transport::service::{
 };
 use prost::Message;
 
-use crate::client::Client;
+use crate::client::{Client, USER_KEY_PREFIX};
 use crate::error::ClientError;
 
 /// Records per `routing.ScanRanges` page.
@@ -81,6 +81,11 @@ impl Client {
         self.ensure_members(deadline).await?;
         if self.inner.cache.lock().locate(key).is_some() {
             return Ok(());
+        }
+        if key.first().is_none_or(|b| *b < USER_KEY_PREFIX) {
+            // The meta range has no routing record of its own: the nodes that host it list it
+            // in their `cluster.Info`.
+            return self.refresh(Some(deadline)).await;
         }
         let request = LocateKeyRequest {
             key: Bytes::copy_from_slice(key.get(1..).unwrap_or_default()),

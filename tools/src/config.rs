@@ -99,6 +99,23 @@ max-value-bytes = 8388608
 max-txn-ops = 128
 session-ttl-ms = 3600000
 max-clock-skew-ms = 60000
+
+[placement]
+# Runs on the node that leads the meta range: balances leaders and replicas, re-creates the
+# replicas of a node down longer than down-time-ms, drains decommissioned nodes.
+enabled = true
+interval-ms = 1000
+# Voters per range.
+replicas = 3
+down-time-ms = 30000
+# Split a range whose leader serves more requests per second than this (0: never).
+split-qps = 0
+# Operators at once in the cluster, and touching one node.
+max-operators = 16
+max-operators-per-node = 4
+operator-timeout-ms = 60000
+# A range is not moved for balance again within this time after an operator on it.
+cooldown-ms = 10000
 "#;
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -118,6 +135,61 @@ pub struct ServerConfig {
     pub raft: RaftSection,
     pub store: StoreSection,
     pub kv: KvSection,
+    pub placement: PlacementSection,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct PlacementSection {
+    pub enabled: bool,
+    pub interval_ms: u64,
+    pub replicas: usize,
+    pub down_time_ms: u64,
+    pub split_qps: f64,
+    pub max_operators: usize,
+    pub max_operators_per_node: usize,
+    pub operator_timeout_ms: u64,
+    pub cooldown_ms: u64,
+}
+
+impl Default for PlacementSection {
+    fn default() -> Self {
+        let d = flotilla_placement::PlacementConfig::default();
+        let ms = |t: Duration| t.as_millis() as u64;
+        Self {
+            enabled: d.enabled,
+            interval_ms: ms(d.interval),
+            replicas: d.policy.replicas,
+            down_time_ms: ms(d.policy.down_time),
+            split_qps: d.policy.split_qps,
+            max_operators: d.scheduler.max_operators,
+            max_operators_per_node: d.scheduler.max_operators_per_node,
+            operator_timeout_ms: ms(d.scheduler.operator_timeout),
+            cooldown_ms: ms(d.scheduler.cooldown),
+        }
+    }
+}
+
+impl PlacementSection {
+    fn to_config(&self) -> flotilla_placement::PlacementConfig {
+        let d = flotilla_placement::PlacementConfig::default();
+        flotilla_placement::PlacementConfig {
+            enabled: self.enabled,
+            interval: Duration::from_millis(self.interval_ms),
+            policy: flotilla_placement::PolicyConfig {
+                replicas: self.replicas,
+                down_time: Duration::from_millis(self.down_time_ms),
+                split_qps: self.split_qps,
+                ..d.policy
+            },
+            scheduler: flotilla_placement::SchedulerConfig {
+                max_operators: self.max_operators,
+                max_operators_per_node: self.max_operators_per_node,
+                operator_timeout: Duration::from_millis(self.operator_timeout_ms),
+                cooldown: Duration::from_millis(self.cooldown_ms),
+            },
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -186,6 +258,7 @@ impl Default for ServerConfig {
             raft: RaftSection::default(),
             store: StoreSection::default(),
             kv: KvSection::default(),
+            placement: PlacementSection::default(),
         }
     }
 }
@@ -369,6 +442,7 @@ impl ServerConfig {
             shutdown_timeout: Duration::from_millis(self.store.shutdown_timeout_ms),
             initial_ranges: self.initial_ranges,
             join: self.join,
+            placement: self.placement.to_config(),
         };
         config.validate().map_err(|e| anyhow!("{e}"))?;
         Ok(config)

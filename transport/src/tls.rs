@@ -272,9 +272,12 @@ impl ClusterCa {
                 "extra certificate name {bad:?} not allowed"
             )));
         }
+        // A node is also a client of the others: its placement runs operators through the
+        // client library.
         let mut names = vec![
             node_name(&self.cluster_id, node_id),
             any_node_name(&self.cluster_id),
+            client_name(&self.cluster_id),
         ];
         names.extend_from_slice(extra_names);
         Ok(TlsConfig {

@@ -44,6 +44,7 @@ pub struct Applied {
 enum AdminOutcome {
     Done(Box<WriteResponse>),
     Routing(flotilla_transport::kv::RoutingUpdate),
+    Node(flotilla_transport::meta::NodeRecord),
 }
 
 /// Applies one range's committed entries.
@@ -347,6 +348,12 @@ impl RangeApplier {
                         super::routing::apply_update(overlay, &update, e.index)?,
                     )),
                 },
+                AdminOutcome::Node(record) => WriteResponse {
+                    revision: e.index,
+                    response: Some(write_response::Response::NodeUpdate(
+                        super::routing::apply_node_update(overlay, record, e.index)?,
+                    )),
+                },
             };
             if let Some(mut s) = session {
                 session::record(&mut s, &header, &response, &self.config);
@@ -393,6 +400,15 @@ impl RangeApplier {
                     ));
                 }
                 Ok((AdminOutcome::Routing(update), None))
+            }
+            Some(admin_request::Request::NodeUpdate(update)) => {
+                if self.descriptor.id != super::routing::META_RANGE {
+                    return Err(KvError::Malformed("node records live in the meta range".into()));
+                }
+                let Some(record) = update.record.filter(|r| r.node_id != 0) else {
+                    return Err(KvError::Malformed("a node update names no node".into()));
+                };
+                Ok((AdminOutcome::Node(record), None))
             }
             Some(admin_request::Request::Split(split)) => {
                 if self

@@ -8,8 +8,8 @@
 //! snapshot and recover like any row of that range. Reads are local: any node with a meta
 //! replica answers, and a router corrects what is stale through the ranges' typed errors.
 
-use flotilla_transport::kv::{RoutingUpdate, RoutingUpdateResponse, StoredValue};
-use flotilla_transport::meta::{RangeDescriptor, RangeRecord};
+use flotilla_transport::kv::{NodeUpdateResponse, RoutingUpdate, RoutingUpdateResponse, StoredValue};
+use flotilla_transport::meta::{NodeRecord, RangeDescriptor, RangeRecord};
 use prost::Message as _;
 
 use super::overlay::Overlay;
@@ -90,6 +90,64 @@ pub(crate) fn apply_update(
         written += 1;
     }
     Ok(RoutingUpdateResponse { written })
+}
+
+const NODE_PREFIX: [u8; 2] = [0x00, b'n'];
+
+/// The row key of node `node_id`'s record.
+pub fn node_record_key(node_id: u64) -> Vec<u8> {
+    let mut k = NODE_PREFIX.to_vec();
+    k.extend_from_slice(&node_id.to_be_bytes());
+    k
+}
+
+/// Writes a node's record (placement's memory of decommissions); answers the one it replaced.
+///
+/// # Errors
+/// [`EngineError`] when the stored row cannot be read.
+pub(crate) fn apply_node_update(
+    overlay: &mut Overlay<'_>,
+    record: NodeRecord,
+    revision: u64,
+) -> Result<NodeUpdateResponse, EngineError> {
+    let key = node_record_key(record.node_id);
+    let old = overlay.get(&key)?;
+    let previous = old
+        .as_ref()
+        .and_then(|o| NodeRecord::decode(o.value.as_ref()).ok());
+    overlay.put(
+        key,
+        StoredValue {
+            value: record.encode_to_vec().into(),
+            create_revision: old.as_ref().map_or(revision, |o| o.create_revision),
+            mod_revision: revision,
+            version: old.as_ref().map_or(1, |o| o.version + 1),
+        },
+    );
+    Ok(NodeUpdateResponse { previous })
+}
+
+/// Every node record of this node's meta replica, by node id.
+///
+/// # Errors
+/// [`EngineError`] when the rows cannot be read or decoded.
+pub fn node_records(engine: &Engine) -> Result<Vec<NodeRecord>, EngineError> {
+    let end = [NODE_PREFIX[0], NODE_PREFIX[1] + 1];
+    let iter = engine.db().iterator_cf_opt(
+        engine.cf(Cf::Data),
+        engine.read_options_bounded(&end),
+        rocksdb::IteratorMode::From(&NODE_PREFIX, rocksdb::Direction::Forward),
+    );
+    let mut out = Vec::new();
+    for item in iter {
+        let (_, value) = item?;
+        let stored: StoredValue = crate::storage::decode(&value)
+            .map_err(|e| EngineError::corruption(META_RANGE, "node record", e))?;
+        let record = NodeRecord::decode(stored.value.as_ref())
+            .map_err(|e| EngineError::corruption(META_RANGE, "node record", e))?;
+        out.push(record);
+    }
+    Ok(out)
 }
 
 /// The records of this node's meta replica whose ranges overlap the internal span

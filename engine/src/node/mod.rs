@@ -8,6 +8,7 @@
 //! restart reloads every range from disk and ignores `initial-cluster`.
 
 mod net;
+mod placement;
 mod service;
 
 use std::collections::BTreeMap;
@@ -49,6 +50,8 @@ pub struct NodeConfig {
     /// Not an initial member: no bootstrap; the node receives its replicas from the cluster
     /// (replica changes) and the members learn its address by [`Node::add_peer`].
     pub join: bool,
+    /// The placement task (active while this node leads the meta range).
+    pub placement: flotilla_placement::PlacementConfig,
 }
 
 impl NodeConfig {
@@ -104,6 +107,7 @@ impl NodeConfig {
         };
         raft.validate().map_err(|e| format!("raft: {e}"))?;
         self.runtime.kv.validate().map_err(|e| format!("kv: {e}"))?;
+        self.placement.validate()?;
         self.transport.validate()
     }
 }
@@ -297,6 +301,7 @@ impl Node {
             engine: engine.clone(),
             accepting: AtomicBool::new(true),
             started: Instant::now(),
+            placement: std::sync::OnceLock::new(),
         });
         let _ = network.handle.set(runtime.handle().clone());
         let _ = late.cell.set(Arc::new(NodeSink {
@@ -304,6 +309,25 @@ impl Node {
             handle: runtime.handle().clone(),
             service: service.clone(),
         }));
+        // Placement acts through the client library, with this node's certificate (node
+        // certificates also carry the client name).
+        let local = Arc::new(placement::NodeLocal {
+            node_id,
+            engine: engine.clone(),
+            handle: runtime.handle().clone(),
+            transport: transport.clone(),
+            service: service.clone(),
+        });
+        let client = flotilla_client::ClientConfig::new(
+            config.transport.cluster_id.clone(),
+            Vec::new(),
+            config.tls.clone(),
+        );
+        let _ = service.placement.set(Arc::new(flotilla_placement::Placement::start(
+            config.placement.clone(),
+            client,
+            local,
+        )));
         tracing::info!(node = node_id, addr = ?transport.local_addr(), "node started");
         Ok(Self {
             node_id,
@@ -424,6 +448,10 @@ impl Node {
     /// flight finish (within the shutdown timeout), stops the pollers and closes the endpoint.
     pub async fn shutdown(mut self) -> ShutdownReport {
         let deadline = Instant::now() + self.shutdown_timeout;
+        // No new operators from a node on its way out (the next meta leader takes over).
+        if let Some(placement) = self.service.placement.get() {
+            placement.stop().await;
+        }
         self.service.accepting.store(false, Ordering::Relaxed);
         let mut poll = tokio::time::interval(Duration::from_millis(20));
         let report = loop {
@@ -464,6 +492,9 @@ impl Node {
     /// is the disk's business, not ours).
     pub async fn stop_now(&mut self) {
         self.service.accepting.store(false, Ordering::Relaxed);
+        if let Some(placement) = self.service.placement.get() {
+            placement.stop().await;
+        }
         if let Some(runtime) = self.runtime.take() {
             // Joining the pollers blocks: not on a runtime worker.
             let _ = tokio::task::spawn_blocking(move || runtime.stop()).await;

@@ -44,6 +44,8 @@ pub(crate) struct Service {
     pub(crate) engine: Arc<Engine>,
     pub(crate) accepting: AtomicBool,
     pub(crate) started: Instant,
+    /// Set once the node's placement task runs.
+    pub(crate) placement: std::sync::OnceLock<Arc<flotilla_placement::Placement>>,
 }
 
 fn bad_request(what: &str, e: impl std::fmt::Display) -> RpcStatus {
@@ -144,6 +146,12 @@ impl Service {
                     .encode_to_vec()
                     .into())
             }
+            "range.MiddleKey" => {
+                let request = flotilla_transport::service::MiddleKeyRequest::decode(body)
+                    .map_err(|e| bad_request("middle key", e))?;
+                Ok(self.middle_key(request.range_id).await?.encode_to_vec().into())
+            }
+            "placement.Status" => Ok(self.placement_status().await.encode_to_vec().into()),
             "cluster.Info" => Ok(self.cluster_info().await.encode_to_vec().into()),
             "node.Status" => Ok(self.status().await.encode_to_vec().into()),
             other => Err(RpcStatus::new(
@@ -151,6 +159,51 @@ impl Service {
                 format!("unknown method {other:?}"),
             )),
         }
+    }
+
+    /// A key near the middle of this node's replica of `range_id` (read off the runtime's
+    /// threads: it walks the range's data).
+    async fn middle_key(
+        &self,
+        range_id: u64,
+    ) -> Result<flotilla_transport::service::MiddleKeyResponse, RpcStatus> {
+        let internal = |e: String| RpcStatus::new(RpcCode::Internal, e);
+        let Some(descriptor) = self
+            .engine
+            .descriptor(range_id)
+            .map_err(|e| internal(e.to_string()))?
+        else {
+            return Ok(flotilla_transport::service::MiddleKeyResponse::default());
+        };
+        let engine = self.engine.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            crate::kv::size_and_middle(&engine, &descriptor)
+        })
+        .await
+        .map_err(|e| internal(e.to_string()))?
+        .map_err(|e| internal(e.to_string()))?;
+        Ok(match found {
+            Some((size_bytes, key)) => flotilla_transport::service::MiddleKeyResponse {
+                key: Some(key.into()),
+                size_bytes,
+            },
+            None => flotilla_transport::service::MiddleKeyResponse::default(),
+        })
+    }
+
+    async fn placement_status(&self) -> flotilla_transport::service::PlacementStatus {
+        let leader_node = self
+            .ranges()
+            .await
+            .iter()
+            .find(|r| r.descriptor.as_ref().is_some_and(|d| d.id == crate::kv::routing::META_RANGE))
+            .map_or(0, |r| r.leader_node);
+        let snapshot = self
+            .placement
+            .get()
+            .map(|p| p.snapshot())
+            .unwrap_or_default();
+        super::placement::status(self.node_id, leader_node, &snapshot)
     }
 
     /// Reads this node's meta replica (routing records are hints: a local read serves).

@@ -2,6 +2,7 @@
 //! on loopback, plus bad client input. Each test starts its own cluster.
 
 mod client;
+mod placement;
 mod support;
 
 use std::sync::Arc;
@@ -1013,61 +1014,12 @@ async fn a_replica_that_missed_a_split_gets_the_new_range_by_snapshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moving_a_replica_to_a_fourth_node_under_writes_keeps_the_history_linearizable() {
     use flotilla_client::ReplicaChangeKind;
-    use flotilla_engine::check::linearizability::{self, OpKind, Operation};
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
     let mut cluster = Cluster::start_joining(3, 1, |_| {}).await;
     // The node that leads leaves: the move must hand its leadership away first.
     let from = cluster.wait_leader(&[4]).await;
     let client = Arc::new(cluster.client().await);
-    let clock = Arc::new(AtomicU64::new(0));
-    let history = Arc::new(parking_lot::Mutex::new(Vec::<Operation>::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut workers = Vec::new();
-    for worker in 0..4u64 {
-        let (client, clock, history, stop) =
-            (client.clone(), clock.clone(), history.clone(), stop.clone());
-        workers.push(tokio::spawn(async move {
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                let key = (n * 7 + worker) % 5;
-                let name = format!("m{key}");
-                let call = clock.fetch_add(1, Ordering::SeqCst);
-                if n.is_multiple_of(2) {
-                    let value = worker << 32 | n;
-                    let result = client.put(name.as_str(), value.to_string()).await;
-                    let ret = result.is_ok().then(|| clock.fetch_add(1, Ordering::SeqCst));
-                    history.lock().push(Operation {
-                        client: worker,
-                        key,
-                        kind: OpKind::Put { value },
-                        call,
-                        ret,
-                    });
-                } else if let Ok(got) = client.get(name.as_str()).await {
-                    let ret = clock.fetch_add(1, Ordering::SeqCst);
-                    let observed = got.map(|v| {
-                        std::str::from_utf8(&v.value)
-                            .ok()
-                            .and_then(|s| s.parse::<u64>().ok())
-                            .expect("values are numbers")
-                    });
-                    history.lock().push(Operation {
-                        client: worker,
-                        key,
-                        kind: OpKind::Get { observed },
-                        call,
-                        ret: Some(ret),
-                    });
-                }
-            }
-        }));
-    }
-    eventually("writes before the move", || async {
-        (history.lock().len() > 50).then_some(())
-    })
-    .await;
+    let load = support::Load::start(client.clone(), "m", 4);
+    load.wait_for_more(50, "writes before the move").await;
     let moved = client
         .move_replica("m0", from, 4)
         .await
@@ -1084,23 +1036,12 @@ async fn moving_a_replica_to_a_fourth_node_under_writes_keeps_the_history_linear
         .await
         .expect("in effect");
     assert_eq!(again.epoch, moved.epoch);
-    let before = history.lock().len();
-    eventually("writes after the move", || async {
-        (history.lock().len() > before + 50).then_some(())
-    })
-    .await;
-    stop.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.await.expect("worker");
-    }
+    load.wait_for_more(50, "writes after the move").await;
+    load.stop_and_check(100).await;
     // The new node serves what was written; the node that left deleted its replica.
     client.put("m-final", "1").await.expect("put");
     cluster.wait_value(4, "m-final", "1").await;
     cluster.wait_replica_deleted(from, FIRST_USER_RANGE).await;
-    let history = history.lock().clone();
-    let stats = linearizability::check(&history, 1_000_000)
-        .unwrap_or_else(|e| panic!("history of {} operations: {e:?}", history.len()));
-    assert!(stats.ops >= 100, "{stats:?}");
     cluster.stop_all().await;
 }
 

@@ -116,6 +116,11 @@ impl Cluster {
                     shutdown_timeout: Duration::from_secs(5),
                     initial_ranges: 1,
                     join: id > n,
+                    // Tests that place replicas by hand must not have placement move them.
+                    placement: flotilla_placement::PlacementConfig {
+                        enabled: false,
+                        ..flotilla_placement::PlacementConfig::default()
+                    },
                 };
                 configure(&mut config);
                 config
@@ -449,5 +454,96 @@ pub fn put_command(key: &str, value: &str, client_id: u64, seq: u64) -> RaftComm
             })),
         }),
         admin: None,
+    }
+}
+
+/// Client workers putting unique values and reading them back on a few keys, every operation
+/// recorded for the linearizability checker (call and return on one logical clock).
+pub struct Load {
+    history: std::sync::Arc<parking_lot::Mutex<Vec<flotilla_engine::check::linearizability::Operation>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// `workers` workers over keys `<prefix>0..<prefix>4`, alternating puts and gets.
+    pub fn start(client: std::sync::Arc<Client>, prefix: &str, workers: u64) -> Self {
+        use flotilla_engine::check::linearizability::{OpKind, Operation};
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
+        let clock = Arc::new(AtomicU64::new(0));
+        let history = Arc::new(parking_lot::Mutex::new(Vec::<Operation>::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let handles = (0..workers)
+            .map(|worker| {
+                let (client, clock, history, stop) =
+                    (client.clone(), clock.clone(), history.clone(), stop.clone());
+                let prefix = prefix.to_string();
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        n += 1;
+                        let key = (n * 7 + worker) % 5;
+                        let name = format!("{prefix}{key}");
+                        let call = clock.fetch_add(1, Ordering::SeqCst);
+                        if n.is_multiple_of(2) {
+                            let value = worker << 32 | n;
+                            let result = client.put(name.as_str(), value.to_string()).await;
+                            let ret = result.is_ok().then(|| clock.fetch_add(1, Ordering::SeqCst));
+                            history.lock().push(Operation {
+                                client: worker,
+                                key,
+                                kind: OpKind::Put { value },
+                                call,
+                                ret,
+                            });
+                        } else if let Ok(got) = client.get(name.as_str()).await {
+                            let ret = clock.fetch_add(1, Ordering::SeqCst);
+                            let observed = got.map(|v| {
+                                std::str::from_utf8(&v.value)
+                                    .ok()
+                                    .and_then(|s| s.parse::<u64>().ok())
+                                    .expect("values are numbers")
+                            });
+                            history.lock().push(Operation {
+                                client: worker,
+                                key,
+                                kind: OpKind::Get { observed },
+                                call,
+                                ret: Some(ret),
+                            });
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            history,
+            stop,
+            workers: handles,
+        }
+    }
+
+    /// Operations recorded so far.
+    pub fn len(&self) -> usize {
+        self.history.lock().len()
+    }
+
+    /// Waits until `more` operations past the current count are recorded.
+    pub async fn wait_for_more(&self, more: usize, what: &str) {
+        let before = self.len();
+        eventually(what, || async { (self.len() >= before + more).then_some(()) }).await;
+    }
+
+    /// Stops the workers and checks the history: linearizable, with at least `min_ops`.
+    pub async fn stop_and_check(self, min_ops: usize) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for w in self.workers {
+            w.await.expect("worker");
+        }
+        let history = self.history.lock().clone();
+        let stats = flotilla_engine::check::linearizability::check(&history, 1_000_000)
+            .unwrap_or_else(|e| panic!("history of {} operations: {e:?}", history.len()));
+        assert!(stats.ops >= min_ops, "{stats:?}");
     }
 }
