@@ -95,12 +95,23 @@ pub enum Action {
 /// One admin command of an operator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
-    TransferLeader { to: u64 },
-    AddLearner { node: u64 },
-    Promote { node: u64 },
+    TransferLeader {
+        to: u64,
+    },
+    AddLearner {
+        node: u64,
+    },
+    Promote {
+        node: u64,
+    },
     /// Promote `add` and remove `remove` in one joint change, then leave the joint state.
-    Replace { add: u64, remove: u64 },
-    Remove { node: u64 },
+    Replace {
+        add: u64,
+        remove: u64,
+    },
+    Remove {
+        node: u64,
+    },
     Split,
 }
 

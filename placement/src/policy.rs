@@ -60,8 +60,7 @@ pub fn schedule(view: &ClusterView) -> Vec<Operator> {
                 break;
             }
             let r = &work.ranges[i];
-            if r.qps > view.config.split_qps && !work.busy.contains(&r.id) && r.leader.is_some()
-            {
+            if r.qps > view.config.split_qps && !work.busy.contains(&r.id) && r.leader.is_some() {
                 let op = Operator {
                     range_id: r.id,
                     action: Action::Split,

@@ -264,7 +264,11 @@ impl Runner {
             return;
         };
         let now = self.now();
-        let overdue = self.scheduler.as_ref().map(|s| s.overdue(now)).unwrap_or_default();
+        let overdue = self
+            .scheduler
+            .as_ref()
+            .map(|s| s.overdue(now))
+            .unwrap_or_default();
         for range_id in overdue {
             if let Some(task) = self.tasks.remove(&range_id) {
                 task.abort();
@@ -306,12 +310,11 @@ impl Runner {
             let task = tokio::spawn(async move {
                 let kind = op.kind();
                 let mut last = None;
-                let outcome = match execute(&client, local.as_ref(), &op, &descriptor, &mut last)
-                    .await
-                {
-                    Ok(()) => Outcome::Done,
-                    Err(why) => Outcome::Failed(why),
-                };
+                let outcome =
+                    match execute(&client, local.as_ref(), &op, &descriptor, &mut last).await {
+                        Ok(()) => Outcome::Done,
+                        Err(why) => Outcome::Failed(why),
+                    };
                 record_outcome(kind, &outcome);
                 let _ = done.send((op.range_id, outcome, last)).await;
             });
@@ -378,7 +381,8 @@ impl Runner {
             let Some(mut d) = record.descriptor else {
                 continue;
             };
-            let epoch_of = |d: &RangeDescriptor| d.epoch.map_or((0, 0), |e| (e.version, e.conf_ver));
+            let epoch_of =
+                |d: &RangeDescriptor| d.epoch.map_or((0, 0), |e| (e.version, e.conf_ver));
             let mut leader_node = record.leader_node;
             let stand_in = self
                 .known
@@ -399,8 +403,8 @@ impl Runner {
                 }
             }
             // A leader on a node that is down is no leader: the range is re-electing.
-            let leader = Some(leader_node)
-                .filter(|n| *n != 0 && nodes.get(n).is_some_and(|v| v.live));
+            let leader =
+                Some(leader_node).filter(|n| *n != 0 && nodes.get(n).is_some_and(|v| v.live));
             ranges.push(RangeView {
                 id: d.id,
                 replicas: d
@@ -491,7 +495,8 @@ async fn run_step(
             while Instant::now() < deadline {
                 let moved = local.records().ok().is_some_and(|records| {
                     records.iter().any(|r| {
-                        r.leader_node == to && r.descriptor.as_ref().is_some_and(|d| d.id == range.id)
+                        r.leader_node == to
+                            && r.descriptor.as_ref().is_some_and(|d| d.id == range.id)
                     })
                 });
                 if moved {
@@ -524,8 +529,13 @@ async fn run_step(
                 .change_replicas_of(range, &[(ReplicaChangeKind::Promote, node)])
                 .await,
         ),
-        Step::Replace { add, remove } => changed(client.replace_replica_of(range, remove, add).await),
+        Step::Replace { add, remove } => {
+            changed(client.replace_replica_of(range, remove, add).await)
+        }
         Step::Remove { node } => changed(client.remove_replica_of(range, node).await),
-        Step::Split => client.split_in_middle_of(range).await.map(|(left, _)| Some(left)),
+        Step::Split => client
+            .split_in_middle_of(range)
+            .await
+            .map(|(left, _)| Some(left)),
     }
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use flotilla_placement::view::spread;
 use flotilla_placement::{
-    project, schedule, Action, ClusterView, NodeState, NodeView, Outcome, PolicyConfig, Reason,
-    RangeView, ReplicaView, Scheduler, SchedulerConfig,
+    project, schedule, Action, ClusterView, NodeState, NodeView, Outcome, PolicyConfig, RangeView,
+    Reason, ReplicaView, Scheduler, SchedulerConfig,
 };
 use proptest::prelude::*;
 
@@ -60,8 +60,15 @@ fn all_leaders_on_one_node_are_spread_within_one() {
     let mut v = view(&[1, 2, 3], ranges);
     let ops = converge(&mut v, 100);
     assert!(ops.iter().all(|o| o.reason == Reason::LeaderBalance));
-    assert_eq!(ops.len(), 200, "100 leaderships each to nodes 2 and 3, no more");
-    assert_eq!(v.leader_counts().values().copied().collect::<Vec<_>>(), vec![100; 3]);
+    assert_eq!(
+        ops.len(),
+        200,
+        "100 leaderships each to nodes 2 and 3, no more"
+    );
+    assert_eq!(
+        v.leader_counts().values().copied().collect::<Vec<_>>(),
+        vec![100; 3]
+    );
 }
 
 #[test]
@@ -79,14 +86,19 @@ fn a_node_down_within_down_time_moves_nothing() {
     let ops = schedule(&v);
     // Node 4 is empty, so replicas balance onto it, but none is taken from node 3 for being
     // down: balance moves come from the fullest target nodes only.
-    assert!(ops.iter().all(|o| o.reason == Reason::ReplicaBalance
-        || o.reason == Reason::LeaderBalance));
-    assert!(ops.iter().all(|o| !matches!(o.action, Action::MoveReplica { from: 3, .. })));
+    assert!(ops
+        .iter()
+        .all(|o| o.reason == Reason::ReplicaBalance || o.reason == Reason::LeaderBalance));
+    assert!(ops
+        .iter()
+        .all(|o| !matches!(o.action, Action::MoveReplica { from: 3, .. })));
 }
 
 #[test]
 fn a_node_down_past_down_time_has_every_replica_recreated() {
-    let ranges = (1..=40).map(|id| range(id, &[1, 2, 3], 1 + id % 2)).collect();
+    let ranges = (1..=40)
+        .map(|id| range(id, &[1, 2, 3], 1 + id % 2))
+        .collect();
     let mut v = view(&[1, 2, 3, 4, 5], ranges);
     v.nodes.insert(
         3,
@@ -111,7 +123,9 @@ fn a_decommissioning_node_hands_its_leaderships_away_then_empties() {
     let mut v = view(&[1, 2, 3, 4], ranges);
     v.nodes.get_mut(&3).expect("node 3").state = NodeState::Decommissioning;
     let first = schedule(&v);
-    assert!(first.iter().all(|o| matches!(o.action, Action::TransferLeader { from: 3, .. })));
+    assert!(first
+        .iter()
+        .all(|o| matches!(o.action, Action::TransferLeader { from: 3, .. })));
     converge(&mut v, 100);
     assert!(v.ranges.iter().all(|r| !r.has_replica_on(3)));
     assert_eq!(v.replica_counts().get(&3), None, "not a target");
@@ -159,8 +173,12 @@ fn load_splits_ranges_past_the_threshold() {
     let mut v = view(&[1, 2, 3], vec![hot, range(2, &[1, 2, 3], 2)]);
     v.config.split_qps = 1_000.0;
     let ops = schedule(&v);
-    assert!(ops.iter().any(|o| o.range_id == 1 && o.action == Action::Split));
-    assert!(!ops.iter().any(|o| o.range_id == 2 && o.action == Action::Split));
+    assert!(ops
+        .iter()
+        .any(|o| o.range_id == 1 && o.action == Action::Split));
+    assert!(!ops
+        .iter()
+        .any(|o| o.range_id == 2 && o.action == Action::Split));
 }
 
 #[test]
@@ -184,7 +202,9 @@ fn the_scheduler_keeps_its_limits_cools_down_and_times_out() {
     let second = s.plan(v.clone(), t0);
     assert_eq!(second.len(), 3);
     // Finished ranges cool down: not picked again for balance until the cool-down passes.
-    assert!(second.iter().all(|o| first[..3].iter().all(|f| f.range_id != o.range_id)));
+    assert!(second
+        .iter()
+        .all(|o| first[..3].iter().all(|f| f.range_id != o.range_id)));
     assert_eq!(s.overdue(t0 + Duration::from_secs(4)), Vec::<u64>::new());
     assert_eq!(s.overdue(t0 + Duration::from_secs(5)).len(), 6);
     assert_eq!(s.counts().started.values().sum::<u64>(), 9);
@@ -196,7 +216,9 @@ fn arb_view() -> impl Strategy<Value = ClusterView> {
     (3u64..=7, 1usize..=60, any::<u64>()).prop_map(|(n, count, seed)| {
         let mut rng = seed;
         let mut next = move |m: u64| {
-            rng = rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            rng = rng
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
             (rng >> 33) % m
         };
         let nodes: Vec<u64> = (1..=n).collect();

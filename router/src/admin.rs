@@ -50,7 +50,10 @@ impl Client {
         };
         let mut last = String::from("no replica's address is known");
         for addr in addresses {
-            match self.call_within(addr, "range.MiddleKey", request.clone(), None).await {
+            match self
+                .call_within(addr, "range.MiddleKey", request.clone(), None)
+                .await
+            {
                 Ok(body) => match MiddleKeyResponse::decode(body) {
                     Ok(MiddleKeyResponse { key: Some(key), .. }) => {
                         return self.split_at(&At::range(range), &key).await;

@@ -600,62 +600,59 @@ impl Client {
         let _permit = permit.map_err(|_| ClientError::Config("the client is closed".into()))?;
         let seq = guard.seq;
         self.with_retries(Target::Key(at), Call::Write, |route, addr, deadline| {
-                let elsewhere = range_id.filter(|id| *id != route.descriptor.id);
-                let outside = span
-                    .as_ref()
-                    .filter(|(start, end)| !holds(&route.descriptor, start, end))
-                    .map(|(_, end)| {
-                        let last = if end.is_empty() {
-                            vec![u8::MAX]
-                        } else {
-                            end.clone()
-                        };
-                        let other = self.inner.cache.lock().locate(&last);
-                        let mut ranges = vec![route.descriptor.id];
-                        ranges.extend(other.map(|r| r.descriptor.id).filter(|id| *id != ranges[0]));
-                        ranges
-                    });
-                let command = RaftCommand {
-                    header: Some(CommandHeader {
-                        range_id: route.descriptor.id,
-                        epoch: route.descriptor.epoch,
-                        client_id: session.client_id,
-                        seq,
-                        first_unacked_seq: session.first_unacked(seq),
-                        session_start_ms: session.start_ms,
-                        proposed_at_ms: 0,
-                    }),
-                    request: request.clone(),
-                    admin: admin.clone(),
-                };
-                async move {
-                    if let Some(wanted) = elsewhere {
-                        return Step::Fail(ClientError::Config(format!(
-                            "range {wanted} no longer holds its start key (range {} does)",
-                            route.descriptor.id
-                        )));
-                    }
-                    if let Some(ranges) = outside {
-                        return Step::Fail(ClientError::CrossRange { ranges });
-                    }
-                    match self
-                        .call_within(addr, "kv.Write", command.encode_to_vec(), Some(deadline))
-                        .await
-                    {
-                        Ok(body) => match WriteResponse::decode(body) {
-                            Ok(response) => match &response.response {
-                                Some(write_response::Response::Error(e)) => {
-                                    self.on_refusal(&route, e)
-                                }
-                                _ => Step::Done(response),
-                            },
-                            Err(e) => Step::unsure(format!("undecodable response: {e}")),
-                        },
-                        Err(e) => self.on_transport_error(&route, &e),
-                    }
+            let elsewhere = range_id.filter(|id| *id != route.descriptor.id);
+            let outside = span
+                .as_ref()
+                .filter(|(start, end)| !holds(&route.descriptor, start, end))
+                .map(|(_, end)| {
+                    let last = if end.is_empty() {
+                        vec![u8::MAX]
+                    } else {
+                        end.clone()
+                    };
+                    let other = self.inner.cache.lock().locate(&last);
+                    let mut ranges = vec![route.descriptor.id];
+                    ranges.extend(other.map(|r| r.descriptor.id).filter(|id| *id != ranges[0]));
+                    ranges
+                });
+            let command = RaftCommand {
+                header: Some(CommandHeader {
+                    range_id: route.descriptor.id,
+                    epoch: route.descriptor.epoch,
+                    client_id: session.client_id,
+                    seq,
+                    first_unacked_seq: session.first_unacked(seq),
+                    session_start_ms: session.start_ms,
+                    proposed_at_ms: 0,
+                }),
+                request: request.clone(),
+                admin: admin.clone(),
+            };
+            async move {
+                if let Some(wanted) = elsewhere {
+                    return Step::Fail(ClientError::Config(format!(
+                        "range {wanted} no longer holds its start key (range {} does)",
+                        route.descriptor.id
+                    )));
                 }
-            },
-        )
+                if let Some(ranges) = outside {
+                    return Step::Fail(ClientError::CrossRange { ranges });
+                }
+                match self
+                    .call_within(addr, "kv.Write", command.encode_to_vec(), Some(deadline))
+                    .await
+                {
+                    Ok(body) => match WriteResponse::decode(body) {
+                        Ok(response) => match &response.response {
+                            Some(write_response::Response::Error(e)) => self.on_refusal(&route, e),
+                            _ => Step::Done(response),
+                        },
+                        Err(e) => Step::unsure(format!("undecodable response: {e}")),
+                    },
+                    Err(e) => self.on_transport_error(&route, &e),
+                }
+            }
+        })
         .await
     }
 

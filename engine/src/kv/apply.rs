@@ -403,7 +403,9 @@ impl RangeApplier {
             }
             Some(admin_request::Request::NodeUpdate(update)) => {
                 if self.descriptor.id != super::routing::META_RANGE {
-                    return Err(KvError::Malformed("node records live in the meta range".into()));
+                    return Err(KvError::Malformed(
+                        "node records live in the meta range".into(),
+                    ));
                 }
                 let Some(record) = update.record.filter(|r| r.node_id != 0) else {
                     return Err(KvError::Malformed("a node update names no node".into()));

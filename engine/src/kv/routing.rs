@@ -8,7 +8,9 @@
 //! snapshot and recover like any row of that range. Reads are local: any node with a meta
 //! replica answers, and a router corrects what is stale through the ranges' typed errors.
 
-use flotilla_transport::kv::{NodeUpdateResponse, RoutingUpdate, RoutingUpdateResponse, StoredValue};
+use flotilla_transport::kv::{
+    NodeUpdateResponse, RoutingUpdate, RoutingUpdateResponse, StoredValue,
+};
 use flotilla_transport::meta::{NodeRecord, RangeDescriptor, RangeRecord};
 use prost::Message as _;
 

@@ -277,7 +277,9 @@ impl Node {
                 transport.add_peer(id, addr);
             }
         }
+        let members = Arc::new(parking_lot::RwLock::new(config.initial_cluster.clone()));
         let network = Arc::new(TransportNetwork {
+            members: members.clone(),
             transport: transport.clone(),
             runtime: tokio::runtime::Handle::current(),
             handle: std::sync::OnceLock::new(),
@@ -296,7 +298,7 @@ impl Node {
         let service = Arc::new(Service {
             cluster_id: config.transport.cluster_id.clone(),
             node_id,
-            addresses: parking_lot::RwLock::new(config.initial_cluster.clone()),
+            addresses: members.clone(),
             handle: runtime.handle().clone(),
             engine: engine.clone(),
             accepting: AtomicBool::new(true),
@@ -323,11 +325,13 @@ impl Node {
             Vec::new(),
             config.tls.clone(),
         );
-        let _ = service.placement.set(Arc::new(flotilla_placement::Placement::start(
-            config.placement.clone(),
-            client,
-            local,
-        )));
+        let _ = service
+            .placement
+            .set(Arc::new(flotilla_placement::Placement::start(
+                config.placement.clone(),
+                client,
+                local,
+            )));
         tracing::info!(node = node_id, addr = ?transport.local_addr(), "node started");
         Ok(Self {
             node_id,

@@ -26,6 +26,9 @@ use crate::store::{Network, RequestError, RuntimeHandle, SnapshotBuild};
 /// The pollers' [`Network`] over the node's QUIC transport.
 pub(crate) struct TransportNetwork {
     pub(crate) transport: Transport,
+    /// The members this node knows (shared with the service).
+    pub(crate) members:
+        Arc<parking_lot::RwLock<std::collections::BTreeMap<u64, std::net::SocketAddr>>>,
     pub(crate) runtime: tokio::runtime::Handle,
     /// Set once the runtime runs: routing reports go through it.
     pub(crate) handle: std::sync::OnceLock<RuntimeHandle>,
@@ -82,8 +85,9 @@ impl Network for TransportNetwork {
             return;
         };
         let transport = self.transport.clone();
+        let members: Vec<u64> = self.members.read().keys().copied().collect();
         self.runtime.spawn(async move {
-            send_routes(&handle, &transport, meta_epoch, records).await;
+            send_routes(&handle, &transport, &members, meta_epoch, records).await;
         });
     }
 }
@@ -95,6 +99,7 @@ impl Network for TransportNetwork {
 async fn send_routes(
     handle: &RuntimeHandle,
     transport: &Transport,
+    members: &[u64],
     meta_epoch: RangeEpoch,
     records: Vec<RangeRecord>,
 ) {
@@ -115,7 +120,8 @@ async fn send_routes(
     };
     let me = transport.node_id();
     let mut target = me;
-    for attempt in 0..5u32 {
+    let mut others = members.iter().filter(|m| **m != me).cycle();
+    for attempt in 0..8u32 {
         let answer: Option<WriteResponse> = if target == me {
             match handle
                 .write(command.clone(), Instant::now() + TIMEOUT)
@@ -144,10 +150,18 @@ async fn send_routes(
                 continue;
             }
             Some(WriteResponse {
+                response: Some(write_response::Response::Error(e)),
+                ..
+            }) if e.code == ErrorCode::RangeNotFound as i32 => {
+                // No meta replica there (a node that joined): ask the members in turn.
+                target = others.next().copied().unwrap_or(me);
+                continue;
+            }
+            Some(WriteResponse {
                 response: Some(write_response::Response::Error(_)),
                 ..
             })
-            | None => {}
+            | None => target = others.next().copied().unwrap_or(me),
             Some(_) => return,
         }
         tokio::time::sleep(Duration::from_millis(100 << attempt)).await;

@@ -39,7 +39,9 @@ const ANSWER_MARGIN: Duration = Duration::from_millis(50);
 pub(crate) struct Service {
     pub(crate) cluster_id: String,
     pub(crate) node_id: u64,
-    pub(crate) addresses: parking_lot::RwLock<BTreeMap<u64, SocketAddr>>,
+    /// Shared with the network (routing reports of a node without a meta replica go to one
+    /// of these).
+    pub(crate) addresses: Arc<parking_lot::RwLock<BTreeMap<u64, SocketAddr>>>,
     pub(crate) handle: RuntimeHandle,
     pub(crate) engine: Arc<Engine>,
     pub(crate) accepting: AtomicBool,
@@ -149,7 +151,11 @@ impl Service {
             "range.MiddleKey" => {
                 let request = flotilla_transport::service::MiddleKeyRequest::decode(body)
                     .map_err(|e| bad_request("middle key", e))?;
-                Ok(self.middle_key(request.range_id).await?.encode_to_vec().into())
+                Ok(self
+                    .middle_key(request.range_id)
+                    .await?
+                    .encode_to_vec()
+                    .into())
             }
             "placement.Status" => Ok(self.placement_status().await.encode_to_vec().into()),
             "cluster.Info" => Ok(self.cluster_info().await.encode_to_vec().into()),
@@ -176,12 +182,11 @@ impl Service {
             return Ok(flotilla_transport::service::MiddleKeyResponse::default());
         };
         let engine = self.engine.clone();
-        let found = tokio::task::spawn_blocking(move || {
-            crate::kv::size_and_middle(&engine, &descriptor)
-        })
-        .await
-        .map_err(|e| internal(e.to_string()))?
-        .map_err(|e| internal(e.to_string()))?;
+        let found =
+            tokio::task::spawn_blocking(move || crate::kv::size_and_middle(&engine, &descriptor))
+                .await
+                .map_err(|e| internal(e.to_string()))?
+                .map_err(|e| internal(e.to_string()))?;
         Ok(match found {
             Some((size_bytes, key)) => flotilla_transport::service::MiddleKeyResponse {
                 key: Some(key.into()),
@@ -196,7 +201,11 @@ impl Service {
             .ranges()
             .await
             .iter()
-            .find(|r| r.descriptor.as_ref().is_some_and(|d| d.id == crate::kv::routing::META_RANGE))
+            .find(|r| {
+                r.descriptor
+                    .as_ref()
+                    .is_some_and(|d| d.id == crate::kv::routing::META_RANGE)
+            })
             .map_or(0, |r| r.leader_node);
         let snapshot = self
             .placement

@@ -1162,15 +1162,21 @@ impl Poller {
             self.reported
                 .retain(|range_id, _| store.peer(*range_id).is_some());
         }
-        // A node without a meta replica (one that joined) has no epoch to address it with;
-        // nothing counts as reported until it has.
-        let meta_epoch = self
-            .store
-            .engine()
-            .descriptor(kv::routing::META_RANGE)
-            .ok()
-            .flatten()
-            .and_then(|d| d.epoch);
+        // A node without a meta replica (one that joined) addresses it by the version it
+        // always has: the meta range never splits (`kv::split`), and only the version is
+        // checked.
+        let meta_epoch = Some(
+            self.store
+                .engine()
+                .descriptor(kv::routing::META_RANGE)
+                .ok()
+                .flatten()
+                .and_then(|d| d.epoch)
+                .unwrap_or(flotilla_transport::meta::RangeEpoch {
+                    version: 1,
+                    conf_ver: 0,
+                }),
+        );
         let node_id = self.config.node_id;
         let ids: Vec<u64> = self.store.range_ids().collect();
         let (mut leaders, mut lag, mut quiet) = (0u64, 0u64, 0u64);

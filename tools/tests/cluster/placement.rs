@@ -65,15 +65,26 @@ fn spread(values: impl Iterator<Item = usize> + Clone) -> usize {
     values.clone().max().unwrap_or(0) - values.min().unwrap_or(0)
 }
 
-/// Ok when replicas and leaders per live node are each within one of one another.
+/// Ok when every range has a leader and replicas and leaders per live node are each within
+/// one of one another.
 async fn balanced(cluster: &Cluster) -> Result<(), String> {
     let counts = per_node(cluster).await;
+    let mut ids = std::collections::BTreeSet::new();
+    for id in cluster.live() {
+        for r in cluster.node(id).ranges().await {
+            ids.extend(r.descriptor.map(|d| d.id));
+        }
+    }
+    let led: usize = counts.values().map(|c| c.1).sum();
     let replicas = spread(counts.values().map(|c| c.0));
     let leaders = spread(counts.values().map(|c| c.1));
-    if replicas <= 1 && leaders <= 1 {
+    if led == ids.len() && replicas <= 1 && leaders <= 1 {
         Ok(())
     } else {
-        Err(format!("(replicas, leaders) per node: {counts:?}"))
+        Err(format!(
+            "{led} of {} ranges led; (replicas, leaders) per node: {counts:?}",
+            ids.len()
+        ))
     }
 }
 
@@ -112,12 +123,26 @@ async fn fully_replicated(cluster: &Cluster, live: &[u64], replicas: usize) -> R
 }
 
 async fn meta_leader(cluster: &Cluster) -> u64 {
-    crate::support::eventually("a meta leader", || cluster.leader(META_RANGE, &[])).await
+    crate::support::eventually("a meta leader", || async {
+        for id in cluster.live() {
+            let leads = cluster.node(id).ranges().await.iter().any(|r| {
+                r.leader_node == id && r.descriptor.as_ref().is_some_and(|d| d.id == META_RANGE)
+            });
+            if leads {
+                return Some(id);
+            }
+        }
+        None
+    })
+    .await
 }
 
 /// Operators placement started, by the meta leader's status.
 async fn operators_started(client: &flotilla_client::Client, addr: std::net::SocketAddr) -> u64 {
-    let status = client.placement_status(addr).await.expect("placement status");
+    let status = client
+        .placement_status(addr)
+        .await
+        .expect("placement status");
     assert!(status.active, "the meta leader runs placement");
     status.operators.iter().map(|o| o.started).sum()
 }
@@ -155,7 +180,10 @@ async fn all_leaders_on_one_node_are_balanced_then_placement_rests() {
         let now = operators_started(&client, cluster.addr(leader)).await;
         if now != before {
             // Transfers of the last round may still be counted; what matters is that it stops.
-            assert!(rested.elapsed() < Duration::from_secs(10), "placement keeps issuing");
+            assert!(
+                rested.elapsed() < Duration::from_secs(10),
+                "placement keeps issuing"
+            );
             before = now;
             rested = Instant::now();
         }
@@ -176,20 +204,29 @@ async fn a_dead_node_of_five_has_its_replicas_recreated() {
         c.initial_ranges = 20;
     })
     .await;
-    let spread_out = within(Duration::from_secs(90), "replicas on all five nodes", || async {
-        balanced(&cluster).await
-    })
+    let spread_out = within(
+        Duration::from_secs(90),
+        "replicas on all five nodes",
+        || async { balanced(&cluster).await },
+    )
     .await;
-    eprintln!("21 ranges balanced over 5 nodes in {spread_out:?}: {:?}", per_node(&cluster).await);
+    eprintln!(
+        "21 ranges balanced over 5 nodes in {spread_out:?}: {:?}",
+        per_node(&cluster).await
+    );
     let meta = meta_leader(&cluster).await;
     let victim = (1..=5).find(|id| *id != meta).expect("a node");
     cluster.crash(victim).await;
     let live: Vec<u64> = cluster.live();
-    let took = within(Duration::from_secs(90), "three live replicas per range", || async {
-        fully_replicated(&cluster, &live, 3).await
-    })
+    let took = within(
+        Duration::from_secs(90),
+        "three live replicas per range",
+        || async { fully_replicated(&cluster, &live, 3).await },
+    )
     .await;
-    eprintln!("node {victim} killed: every range back to 3 live replicas in {took:?} (down-time 1 s)");
+    eprintln!(
+        "node {victim} killed: every range back to 3 live replicas in {took:?} (down-time 1 s)"
+    );
     cluster.stop_all().await;
 }
 
@@ -202,9 +239,11 @@ async fn a_new_node_receives_replicas_and_leaders() {
         c.initial_ranges = 30;
     })
     .await;
-    let took = within(Duration::from_secs(90), "a balanced fourth node", || async {
-        balanced(&cluster).await
-    })
+    let took = within(
+        Duration::from_secs(90),
+        "a balanced fourth node",
+        || async { balanced(&cluster).await },
+    )
     .await;
     let counts = per_node(&cluster).await;
     eprintln!("node 4 took its share in {took:?}: {counts:?}");
@@ -227,7 +266,8 @@ async fn a_decommissioned_node_ends_empty_under_load() {
     .await;
     let client = Arc::new(cluster.client().await);
     let load = Load::start(client.clone(), "d", 4);
-    load.wait_for_more(50, "operations before the decommission").await;
+    load.wait_for_more(50, "operations before the decommission")
+        .await;
     let previous = client
         .set_node_state(2, NodeState::Decommissioning)
         .await
@@ -243,8 +283,11 @@ async fn a_decommissioned_node_ends_empty_under_load() {
     })
     .await;
     eprintln!("node 2 drained in {took:?}: {:?}", per_node(&cluster).await);
-    fully_replicated(&cluster, &[1, 3, 4], 3).await.expect("three replicas elsewhere");
-    load.wait_for_more(50, "operations after the decommission").await;
+    fully_replicated(&cluster, &[1, 3, 4], 3)
+        .await
+        .expect("three replicas elsewhere");
+    load.wait_for_more(50, "operations after the decommission")
+        .await;
     load.stop_and_check(100).await;
     cluster.stop_all().await;
 }
@@ -265,9 +308,11 @@ async fn placement_resumes_on_the_new_meta_leader() {
     let old = meta_leader(&cluster).await;
     cluster.crash(old).await;
     let live = cluster.live();
-    let took = within(Duration::from_secs(90), "three live replicas per range", || async {
-        fully_replicated(&cluster, &live, 3).await
-    })
+    let took = within(
+        Duration::from_secs(90),
+        "three live replicas per range",
+        || async { fully_replicated(&cluster, &live, 3).await },
+    )
     .await;
     let new = meta_leader(&cluster).await;
     assert_ne!(new, old);
@@ -283,7 +328,10 @@ async fn placement_resumes_on_the_new_meta_leader() {
         .filter(|o| o.kind == "move_replica")
         .map(|o| o.finished)
         .sum();
-    assert!(moves > 0, "the new leader's placement moved replicas: {status:?}");
+    assert!(
+        moves > 0,
+        "the new leader's placement moved replicas: {status:?}"
+    );
     eprintln!("meta leader {old} killed: node {new} took over placement, repaired in {took:?}");
     client.close().await;
     cluster.stop_all().await;

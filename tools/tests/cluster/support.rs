@@ -460,7 +460,8 @@ pub fn put_command(key: &str, value: &str, client_id: u64, seq: u64) -> RaftComm
 /// Client workers putting unique values and reading them back on a few keys, every operation
 /// recorded for the linearizability checker (call and return on one logical clock).
 pub struct Load {
-    history: std::sync::Arc<parking_lot::Mutex<Vec<flotilla_engine::check::linearizability::Operation>>>,
+    history:
+        std::sync::Arc<parking_lot::Mutex<Vec<flotilla_engine::check::linearizability::Operation>>>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     workers: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -532,7 +533,10 @@ impl Load {
     /// Waits until `more` operations past the current count are recorded.
     pub async fn wait_for_more(&self, more: usize, what: &str) {
         let before = self.len();
-        eventually(what, || async { (self.len() >= before + more).then_some(()) }).await;
+        eventually(what, || async {
+            (self.len() >= before + more).then_some(())
+        })
+        .await;
     }
 
     /// Stops the workers and checks the history: linearizable, with at least `min_ops`.
