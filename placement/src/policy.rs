@@ -98,7 +98,7 @@ fn repair(view: &ClusterView, range: &RangeView) -> Option<Operator> {
     };
     let wanted = view.config.replicas;
     let voters: Vec<u64> = range.voters().collect();
-    for learner in range.replicas.iter().filter(|r| !r.voter) {
+    if let Some(learner) = range.replicas.iter().find(|r| !r.voter) {
         if voters.len() < wanted && view.is_target(learner.node) {
             return op(
                 Action::PromoteLearner { node: learner.node },
@@ -164,10 +164,11 @@ fn movable(view: &ClusterView, range: &RangeView) -> bool {
         && range.replicas.iter().all(|r| r.voter)
 }
 
-/// Nodes by count, as (count, node) from the fullest and from the emptiest.
-fn extremes(
-    counts: &std::collections::BTreeMap<u64, usize>,
-) -> (Vec<(usize, u64)>, Vec<(usize, u64)>) {
+/// (count, node) pairs.
+type ByCount = Vec<(usize, u64)>;
+
+/// Nodes by count, from the fullest and from the emptiest.
+fn extremes(counts: &std::collections::BTreeMap<u64, usize>) -> (ByCount, ByCount) {
     let mut by_count: Vec<(usize, u64)> = counts.iter().map(|(n, c)| (*c, *n)).collect();
     by_count.sort_unstable();
     let emptiest = by_count.clone();

@@ -109,7 +109,7 @@ interval-ms = 1000
 replicas = 3
 down-time-ms = 30000
 # Split a range whose leader serves more requests per second than this (0: never).
-split-qps = 0
+split-qps = 0.0
 # Operators at once in the cluster, and touching one node.
 max-operators = 16
 max-operators-per-node = 4

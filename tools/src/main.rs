@@ -3,6 +3,7 @@
 mod cluster;
 mod config;
 mod load;
+mod placement;
 mod server;
 
 use std::path::PathBuf;
@@ -107,6 +108,16 @@ enum Cmd {
     TransferLeader { key: String, node: u64 },
     /// Prints every node's ranges, leaders and counters.
     Status,
+    /// What placement is doing (from the node that leads the meta range).
+    Placement {
+        #[command(subcommand)]
+        cmd: PlacementCmd,
+    },
+    /// Drains a node (decommission) or returns it to service (recommission).
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
     /// A short narrated load against the cluster.
     Demo {
         #[arg(long, default_value = "100", env = "FLOTILLA_OPS")]
@@ -123,6 +134,27 @@ enum Cmd {
         #[arg(long, default_value = "100000", env = "FLOTILLA_KEYS")]
         keys: u64,
     },
+}
+
+#[derive(Subcommand)]
+enum PlacementCmd {
+    /// Nodes (liveness, state, replicas, leaders), operators by kind, running and failed.
+    Status,
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// Moves every replica and leadership off NODE; with --wait, until it is empty.
+    Decommission {
+        node: u64,
+        #[arg(long, env = "FLOTILLA_WAIT")]
+        wait: bool,
+        /// How long --wait waits, in seconds.
+        #[arg(long, default_value = "3600", env = "FLOTILLA_TIMEOUT")]
+        timeout: u64,
+    },
+    /// Makes NODE a target for replicas and leaderships again.
+    Recommission { node: u64 },
 }
 
 #[derive(Subcommand)]
@@ -520,6 +552,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Placement {
+            cmd: PlacementCmd::Status,
+        } => {
+            let config = client_config()?;
+            let endpoints = config.endpoints.clone();
+            let client = Client::connect(config).await?;
+            let status = placement::status(&client, &endpoints).await?;
+            placement::print(&status, cli.output == Output::Json);
+            Ok(())
+        }
+        Cmd::Node {
+            cmd:
+                NodeCmd::Decommission {
+                    node,
+                    wait,
+                    timeout,
+                },
+        } => {
+            let client = connect().await?;
+            placement::decommission(&client, node, wait, Duration::from_secs(timeout)).await
+        }
+        Cmd::Node {
+            cmd: NodeCmd::Recommission { node },
+        } => placement::recommission(&connect().await?, node).await,
         Cmd::Demo { ops } => load::demo(client_config()?, ops).await,
         Cmd::Bench {
             writers,
