@@ -95,9 +95,16 @@ pub struct Snapshot {
     pub ranges: usize,
 }
 
+/// The last heartbeat of each node: when, and requests per second by range it leads.
+type Heartbeats = Arc<Mutex<BTreeMap<u64, (Instant, BTreeMap<u64, f64>)>>>;
+
+/// A heartbeat older than this many intervals is not trusted for load.
+const HEARTBEAT_INTERVALS: u32 = 5;
+
 /// The running placement task of a node.
 pub struct Placement {
     snapshot: Arc<Mutex<Snapshot>>,
+    heartbeats: Heartbeats,
     stop: watch::Sender<bool>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -113,6 +120,7 @@ impl Placement {
     /// connects when it becomes active (its endpoints are replaced by the members known then).
     pub fn start(config: PlacementConfig, client: ClientConfig, local: Arc<dyn Local>) -> Self {
         let snapshot = Arc::new(Mutex::new(Snapshot::default()));
+        let heartbeats: Heartbeats = Arc::default();
         let (stop, stopped) = watch::channel(false);
         let task = config.enabled.then(|| {
             let runner = Runner {
@@ -120,6 +128,7 @@ impl Placement {
                 client_config: client,
                 local,
                 snapshot: snapshot.clone(),
+                heartbeats: heartbeats.clone(),
                 epoch: Instant::now(),
                 down_since: BTreeMap::new(),
                 scheduler: None,
@@ -132,9 +141,22 @@ impl Placement {
         });
         Self {
             snapshot,
+            heartbeats,
             stop,
             task: Mutex::new(task),
         }
+    }
+
+    /// Takes node `node_id`'s heartbeat (requests per second of each range it leads) while
+    /// this placement is active; answers whether it was.
+    pub fn heartbeat(&self, node_id: u64, loads: BTreeMap<u64, f64>) -> bool {
+        if !self.snapshot.lock().active {
+            return false;
+        }
+        self.heartbeats
+            .lock()
+            .insert(node_id, (Instant::now(), loads));
+        true
     }
 
     /// What placement shows now.
@@ -163,6 +185,7 @@ struct Runner {
     client_config: ClientConfig,
     local: Arc<dyn Local>,
     snapshot: Arc<Mutex<Snapshot>>,
+    heartbeats: Heartbeats,
     epoch: Instant,
     /// When each member was first seen unreachable (since this node started watching).
     down_since: BTreeMap<u64, Instant>,
@@ -228,6 +251,7 @@ impl Runner {
         }
         metrics::gauge!("flotilla_placement_active").set(0.0);
         metrics::gauge!("flotilla_placement_operators_running").set(0.0);
+        self.heartbeats.lock().clear();
         let mut snapshot = self.snapshot.lock();
         snapshot.active = false;
         snapshot.status.running.clear();
@@ -253,6 +277,7 @@ impl Runner {
             tracing::info!("placement active: this node leads the meta range");
             self.scheduler = Some(Scheduler::new(self.config.scheduler.clone()));
             self.active_since = Instant::now();
+            self.snapshot.lock().active = true;
             metrics::gauge!("flotilla_placement_active").set(1.0);
         }
         // A new leader's meta replica may still be applying the last records (and the old
@@ -377,6 +402,15 @@ impl Runner {
         let mut ranges = Vec::with_capacity(records.len());
         let mut descriptors = BTreeMap::new();
         let mut busy = std::collections::BTreeSet::new();
+        let fresh = self.config.interval * HEARTBEAT_INTERVALS;
+        let heartbeats = self.heartbeats.lock().clone();
+        let qps_of = |range_id: u64, leader: u64| {
+            heartbeats
+                .get(&leader)
+                .filter(|(at, _)| at.elapsed() < fresh)
+                .and_then(|(_, loads)| loads.get(&range_id).copied())
+                .unwrap_or(0.0)
+        };
         for record in records {
             let Some(mut d) = record.descriptor else {
                 continue;
@@ -416,7 +450,10 @@ impl Runner {
                     })
                     .collect(),
                 leader,
-                qps: 0.0,
+                // The meta range never splits.
+                qps: leader
+                    .filter(|_| d.id != META_RANGE)
+                    .map_or(0.0, |l| qps_of(d.id, l)),
             });
             descriptors.insert(d.id, d);
         }

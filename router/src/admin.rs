@@ -339,6 +339,7 @@ impl Client {
                     state: state as i32,
                     addr: String::new(),
                 }),
+                address_only: false,
             })),
         };
         let at = At {

@@ -37,9 +37,10 @@ initial-cluster = ""
 # (two bytes up to 65536 ranges, three beyond; at most 1048576). Must be the same on every
 # initial member; ignored after bootstrap.
 initial-ranges = 1
-# Not an initial member: start with no range and receive replicas from the cluster (an
-# operator adds them with `replica add`). `initial-cluster` still names the members to reach
-# and this node; the members learn this node's address when it is added.
+# Not an initial member: start with no range, register this node's address with the members
+# `initial-cluster` names (any of them suffices), and receive replicas from placement (or an
+# operator's `replica add`). The node id must be new to the cluster and named by this node's
+# certificate (`flotilla certs create --node N`).
 join = false
 # Where Prometheus scrapes this node's metrics (HTTP); empty: no metrics endpoint.
 metrics-addr = ""

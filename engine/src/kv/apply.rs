@@ -44,7 +44,8 @@ pub struct Applied {
 enum AdminOutcome {
     Done(Box<WriteResponse>),
     Routing(flotilla_transport::kv::RoutingUpdate),
-    Node(flotilla_transport::meta::NodeRecord),
+    /// A node's record, and whether only its address changes.
+    Node(flotilla_transport::meta::NodeRecord, bool),
 }
 
 /// Applies one range's committed entries.
@@ -348,10 +349,10 @@ impl RangeApplier {
                         super::routing::apply_update(overlay, &update, e.index)?,
                     )),
                 },
-                AdminOutcome::Node(record) => WriteResponse {
+                AdminOutcome::Node(record, address_only) => WriteResponse {
                     revision: e.index,
                     response: Some(write_response::Response::NodeUpdate(
-                        super::routing::apply_node_update(overlay, record, e.index)?,
+                        super::routing::apply_node_update(overlay, record, address_only, e.index)?,
                     )),
                 },
             };
@@ -410,7 +411,7 @@ impl RangeApplier {
                 let Some(record) = update.record.filter(|r| r.node_id != 0) else {
                     return Err(KvError::Malformed("a node update names no node".into()));
                 };
-                Ok((AdminOutcome::Node(record), None))
+                Ok((AdminOutcome::Node(record, update.address_only), None))
             }
             Some(admin_request::Request::Split(split)) => {
                 if self

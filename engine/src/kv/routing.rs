@@ -109,7 +109,8 @@ pub fn node_record_key(node_id: u64) -> Vec<u8> {
 /// [`EngineError`] when the stored row cannot be read.
 pub(crate) fn apply_node_update(
     overlay: &mut Overlay<'_>,
-    record: NodeRecord,
+    mut record: NodeRecord,
+    address_only: bool,
     revision: u64,
 ) -> Result<NodeUpdateResponse, EngineError> {
     let key = node_record_key(record.node_id);
@@ -117,6 +118,12 @@ pub(crate) fn apply_node_update(
     let previous = old
         .as_ref()
         .and_then(|o| NodeRecord::decode(o.value.as_ref()).ok());
+    match (&previous, address_only) {
+        (Some(p), true) => record.state = p.state,
+        // A state change keeps the address the node registered.
+        (Some(p), false) if record.addr.is_empty() => record.addr.clone_from(&p.addr),
+        _ => {}
+    }
     overlay.put(
         key,
         StoredValue {

@@ -73,10 +73,10 @@ impl NodeConfig {
         if self.initial_cluster.contains_key(&0) {
             return Err("initial-cluster: node ids start at 1".into());
         }
-        if !self.initial_cluster.contains_key(&node_id) {
+        if !self.join && !self.initial_cluster.contains_key(&node_id) {
             return Err(format!(
-                "initial-cluster: does not name this node ({node_id}); joining a running \
-                 cluster arrives with placement"
+                "initial-cluster: does not name this node ({node_id}); a node joining a \
+                 running cluster sets join = true and lists members to reach"
             ));
         }
         if self.runtime.quiesce && self.runtime.raft.lease_reads {
@@ -140,6 +140,8 @@ pub struct Node {
     transport: Transport,
     service: Arc<Service>,
     shutdown_timeout: Duration,
+    /// Stops the placement heartbeats.
+    heartbeats: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Node {
@@ -304,6 +306,7 @@ impl Node {
             accepting: AtomicBool::new(true),
             started: Instant::now(),
             placement: std::sync::OnceLock::new(),
+            transport: transport.clone(),
         });
         let _ = network.handle.set(runtime.handle().clone());
         let _ = late.cell.set(Arc::new(NodeSink {
@@ -332,6 +335,26 @@ impl Node {
                 client,
                 local,
             )));
+        let (heartbeats, stop_heartbeats) = tokio::sync::watch::channel(false);
+        if config.join {
+            // Where the others reach this node: its bound address (an unspecified listen
+            // address has no use for them; name a reachable one in `listen`).
+            let addr = transport.local_addr().unwrap_or(config.transport.listen);
+            tokio::spawn(placement::register(
+                service.clone(),
+                transport.clone(),
+                addr,
+                stop_heartbeats.clone(),
+            ));
+        }
+        if config.placement.enabled {
+            tokio::spawn(placement::send_heartbeats(
+                service.clone(),
+                transport.clone(),
+                config.placement.interval,
+                stop_heartbeats,
+            ));
+        }
         tracing::info!(node = node_id, addr = ?transport.local_addr(), "node started");
         Ok(Self {
             node_id,
@@ -340,6 +363,7 @@ impl Node {
             transport,
             service,
             shutdown_timeout: config.shutdown_timeout,
+            heartbeats,
         })
     }
 
@@ -353,10 +377,7 @@ impl Node {
 
     /// Learns where node `node_id` listens (a node that joined after the initial members).
     pub fn add_peer(&self, node_id: u64, addr: SocketAddr) {
-        if node_id != self.node_id {
-            self.transport.add_peer(node_id, addr);
-        }
-        self.service.addresses.write().insert(node_id, addr);
+        self.service.learn_peer(node_id, addr);
     }
 
     pub fn engine(&self) -> &Arc<Engine> {
@@ -496,6 +517,7 @@ impl Node {
     /// is the disk's business, not ours).
     pub async fn stop_now(&mut self) {
         self.service.accepting.store(false, Ordering::Relaxed);
+        self.heartbeats.send_replace(true);
         if let Some(placement) = self.service.placement.get() {
             placement.stop().await;
         }

@@ -92,10 +92,8 @@ impl Network for TransportNetwork {
     }
 }
 
-/// Proposes a routing update to the meta range: here if this node leads it, else at the
-/// leader its NOT_LEADER answers name. A few attempts; the runtime reports again later. Holds
-/// only the runtime's handle (no storage), so a report in flight never keeps a stopped node's
-/// engine open.
+/// Proposes a routing update to the meta range (see [`propose_to_meta`]); the runtime reports
+/// again later if it does not land.
 async fn send_routes(
     handle: &RuntimeHandle,
     transport: &Transport,
@@ -103,8 +101,32 @@ async fn send_routes(
     meta_epoch: RangeEpoch,
     records: Vec<RangeRecord>,
 ) {
-    const TIMEOUT: Duration = Duration::from_secs(5);
     let count = records.len();
+    let admin = admin_request::Request::RoutingUpdate(RoutingUpdate { records });
+    if propose_to_meta(handle, transport, members, meta_epoch, admin)
+        .await
+        .is_none()
+    {
+        tracing::debug!(
+            node = transport.node_id(),
+            records = count,
+            "routing report not delivered; reported again later"
+        );
+    }
+}
+
+/// Proposes an admin command to the meta range: here if this node leads it, else at the leader
+/// its NOT_LEADER answers name, else at the members in turn (a node without a meta replica). A
+/// few attempts; `None` when none answered with a response. Holds only the runtime's handle
+/// (no storage), so a command in flight never keeps a stopped node's engine open.
+pub(crate) async fn propose_to_meta(
+    handle: &RuntimeHandle,
+    transport: &Transport,
+    members: &[u64],
+    meta_epoch: RangeEpoch,
+    admin: admin_request::Request,
+) -> Option<WriteResponse> {
+    const TIMEOUT: Duration = Duration::from_secs(5);
     let command = RaftCommand {
         header: Some(CommandHeader {
             range_id: META_RANGE,
@@ -113,9 +135,7 @@ async fn send_routes(
         }),
         request: None,
         admin: Some(AdminRequest {
-            request: Some(admin_request::Request::RoutingUpdate(RoutingUpdate {
-                records,
-            })),
+            request: Some(admin),
         }),
     };
     let me = transport.node_id();
@@ -132,7 +152,7 @@ async fn send_routes(
                     revision: 0,
                     response: Some(write_response::Response::Error((&e).into())),
                 }),
-                Ok(Err(RequestError::Unavailable(_))) | Err(_) => return,
+                Ok(Err(RequestError::Unavailable(_))) | Err(_) => return None,
             }
         } else {
             transport
@@ -162,15 +182,11 @@ async fn send_routes(
                 ..
             })
             | None => target = others.next().copied().unwrap_or(me),
-            Some(_) => return,
+            Some(response) => return Some(response),
         }
-        tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+        tokio::time::sleep(Duration::from_millis(100 << attempt.min(4))).await;
     }
-    tracing::debug!(
-        node = me,
-        records = count,
-        "routing report not delivered; reported again later"
-    );
+    None
 }
 
 /// Streams a built snapshot: the `SnapshotTransfer` header, then every chunk.

@@ -60,6 +60,14 @@ impl Local for NodeLocal {
     }
 
     fn members(&self) -> BTreeMap<u64, SocketAddr> {
+        // Nodes that registered (joined) are members too: their addresses are in their records.
+        if let Ok(records) = routing::node_records(&self.engine) {
+            for r in records {
+                if let Ok(addr) = r.addr.parse() {
+                    self.service.learn_peer(r.node_id, addr);
+                }
+            }
+        }
         self.service.addresses.read().clone()
     }
 
@@ -129,5 +137,149 @@ pub(crate) fn status(node_id: u64, leader_node: u64, snapshot: &Snapshot) -> Pla
             .iter()
             .map(|(op, why)| format!("{op}: {why}"))
             .collect(),
+    }
+}
+
+/// Sends this node's heartbeat to placement every `interval` until `stop`: the ranges and
+/// leaderships it holds and the load of the ranges it leads. It goes to the meta range's
+/// leader (this node's meta replica names it; else the members are asked in turn and their
+/// answers name it).
+pub(crate) async fn send_heartbeats(
+    service: Arc<Service>,
+    transport: Transport,
+    interval: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use flotilla_transport::service::{
+        PlacementHeartbeat, PlacementHeartbeatResponse, RangeLoadReport,
+    };
+    use prost::Message as _;
+    let me = service.node_id;
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut target = 0u64;
+    let mut turn = 0usize;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let loads = service.handle.range_loads();
+        let counts = service
+            .handle
+            .on_every_store(|store| store.range_ids().count() as u64);
+        let mut ranges = 0;
+        for c in counts {
+            ranges += c.await.unwrap_or(0);
+        }
+        let beat = PlacementHeartbeat {
+            node_id: me,
+            ranges,
+            leaders: loads.len() as u64,
+            loads: loads
+                .iter()
+                .map(|(id, l)| RangeLoadReport {
+                    range_id: *id,
+                    reads_per_second: l.reads_per_second,
+                    writes_per_second: l.writes_per_second,
+                    size_bytes: l.size_bytes,
+                })
+                .collect(),
+        };
+        if target == 0 {
+            target = service.meta_leader().await;
+        }
+        if target == 0 {
+            let members: Vec<u64> = service.addresses.read().keys().copied().collect();
+            turn = turn.wrapping_add(1);
+            target = members
+                .get(turn % members.len().max(1))
+                .copied()
+                .unwrap_or(me);
+        }
+        let answer = if target == me {
+            Some(service.heartbeat_here(beat).await)
+        } else {
+            transport
+                .call(
+                    target,
+                    "placement.Heartbeat",
+                    beat.encode_to_vec().into(),
+                    interval,
+                )
+                .await
+                .ok()
+                .and_then(|b| PlacementHeartbeatResponse::decode(b).ok())
+        };
+        target = match answer {
+            Some(a) if a.accepted => {
+                for n in &a.nodes {
+                    if let Ok(addr) = n.addr.parse() {
+                        service.learn_peer(n.node_id, addr);
+                    }
+                }
+                target
+            }
+            Some(a) => a.leader_node,
+            None => 0,
+        };
+    }
+}
+
+/// A node started with `join = true` registers its address with the members it was given
+/// (`placement.Join`), retrying until one takes it or `stop`; then learns the members they know.
+pub(crate) async fn register(
+    service: Arc<Service>,
+    transport: Transport,
+    addr: SocketAddr,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use flotilla_transport::service::{JoinRequest, JoinResponse};
+    use prost::Message as _;
+    let me = service.node_id;
+    let request = JoinRequest {
+        node_id: me,
+        addr: addr.to_string(),
+    }
+    .encode_to_vec();
+    let mut backoff = std::time::Duration::from_millis(100);
+    loop {
+        let members: Vec<u64> = service
+            .addresses
+            .read()
+            .keys()
+            .copied()
+            .filter(|id| *id != me)
+            .collect();
+        for member in members {
+            let answer = transport
+                .call(
+                    member,
+                    "placement.Join",
+                    request.clone().into(),
+                    std::time::Duration::from_secs(10),
+                )
+                .await;
+            match answer.map(JoinResponse::decode) {
+                Ok(Ok(joined)) => {
+                    for n in &joined.nodes {
+                        if let Ok(a) = n.addr.parse() {
+                            service.learn_peer(n.node_id, a);
+                        }
+                    }
+                    tracing::info!(node = me, via = member, "registered with the cluster");
+                    return;
+                }
+                Ok(Err(e)) => tracing::warn!(node = me, error = %e, "undecodable join answer"),
+                Err(e) => {
+                    tracing::debug!(node = me, via = member, error = %e, "join not taken yet")
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
     }
 }

@@ -48,6 +48,7 @@ pub(crate) struct Service {
     pub(crate) started: Instant,
     /// Set once the node's placement task runs.
     pub(crate) placement: std::sync::OnceLock<Arc<flotilla_placement::Placement>>,
+    pub(crate) transport: flotilla_transport::Transport,
 }
 
 fn bad_request(what: &str, e: impl std::fmt::Display) -> RpcStatus {
@@ -83,7 +84,7 @@ impl Service {
     /// Handles one RPC.
     pub(crate) async fn call(
         &self,
-        _from_node: Option<u64>,
+        from_node: Option<u64>,
         method: &str,
         body: Bytes,
         timeout: Duration,
@@ -158,6 +159,16 @@ impl Service {
                     .into())
             }
             "placement.Status" => Ok(self.placement_status().await.encode_to_vec().into()),
+            "placement.Join" => {
+                let join = flotilla_transport::service::JoinRequest::decode(body)
+                    .map_err(|e| bad_request("join", e))?;
+                Ok(self.join(from_node, join).await?.encode_to_vec().into())
+            }
+            "placement.Heartbeat" => {
+                let beat = flotilla_transport::service::PlacementHeartbeat::decode(body)
+                    .map_err(|e| bad_request("heartbeat", e))?;
+                Ok(self.heartbeat_here(beat).await.encode_to_vec().into())
+            }
             "cluster.Info" => Ok(self.cluster_info().await.encode_to_vec().into()),
             "node.Status" => Ok(self.status().await.encode_to_vec().into()),
             other => Err(RpcStatus::new(
@@ -196,17 +207,125 @@ impl Service {
         })
     }
 
-    async fn placement_status(&self) -> flotilla_transport::service::PlacementStatus {
-        let leader_node = self
-            .ranges()
-            .await
+    /// Learns where node `node_id` listens (no-op for this node and known addresses).
+    pub(crate) fn learn_peer(&self, node_id: u64, addr: SocketAddr) {
+        if self.addresses.read().get(&node_id) == Some(&addr) {
+            return;
+        }
+        if node_id != self.node_id {
+            self.transport.add_peer(node_id, addr);
+        }
+        self.addresses.write().insert(node_id, addr);
+        tracing::info!(node = self.node_id, peer = node_id, %addr, "learned a member's address");
+    }
+
+    fn members(&self) -> Vec<NodeInfo> {
+        self.addresses
+            .read()
             .iter()
-            .find(|r| {
-                r.descriptor
-                    .as_ref()
-                    .is_some_and(|d| d.id == crate::kv::routing::META_RANGE)
+            .map(|(id, addr)| NodeInfo {
+                node_id: *id,
+                addr: addr.to_string(),
             })
-            .map_or(0, |r| r.leader_node);
+            .collect()
+    }
+
+    /// A node registering its address: only the node itself may (its certificate names it),
+    /// and it lands in its record in the meta range.
+    async fn join(
+        &self,
+        from_node: Option<u64>,
+        join: flotilla_transport::service::JoinRequest,
+    ) -> Result<flotilla_transport::service::JoinResponse, RpcStatus> {
+        if join.node_id == 0 || from_node != Some(join.node_id) {
+            return Err(RpcStatus::new(
+                RpcCode::BadRequest,
+                format!(
+                    "a node registers itself only: the caller is {from_node:?}, the request \
+                     names node {}",
+                    join.node_id
+                ),
+            ));
+        }
+        let addr: SocketAddr = join
+            .addr
+            .parse()
+            .map_err(|e| bad_request("join address", e))?;
+        let members: Vec<u64> = self.addresses.read().keys().copied().collect();
+        let update = flotilla_transport::kv::admin_request::Request::NodeUpdate(
+            flotilla_transport::kv::NodeUpdate {
+                record: Some(flotilla_transport::meta::NodeRecord {
+                    node_id: join.node_id,
+                    state: 0,
+                    addr: addr.to_string(),
+                }),
+                address_only: true,
+            },
+        );
+        let epoch = flotilla_transport::meta::RangeEpoch {
+            version: 1,
+            conf_ver: 0,
+        };
+        let written =
+            super::net::propose_to_meta(&self.handle, &self.transport, &members, epoch, update)
+                .await;
+        match written.and_then(|w| w.response) {
+            Some(flotilla_transport::kv::write_response::Response::NodeUpdate(_)) => {}
+            other => {
+                return Err(RpcStatus::new(
+                    RpcCode::Unavailable,
+                    format!("the meta range did not take the registration: {other:?}"),
+                ))
+            }
+        }
+        self.learn_peer(join.node_id, addr);
+        Ok(flotilla_transport::service::JoinResponse {
+            nodes: self.members(),
+        })
+    }
+
+    /// The meta range's leader as this node's replica knows it (0: unknown or no replica).
+    pub(crate) async fn meta_leader(&self) -> u64 {
+        let answers = self.handle.on_every_store(|store| {
+            store
+                .leader_node(crate::kv::routing::META_RANGE)
+                .unwrap_or(0)
+        });
+        for answer in answers {
+            if let Ok(leader) = answer.await {
+                if leader != 0 {
+                    return leader;
+                }
+            }
+        }
+        0
+    }
+
+    pub(crate) async fn heartbeat_here(
+        &self,
+        beat: flotilla_transport::service::PlacementHeartbeat,
+    ) -> flotilla_transport::service::PlacementHeartbeatResponse {
+        let taken = self.placement.get().is_some_and(|p| {
+            let loads = beat
+                .loads
+                .iter()
+                .map(|l| (l.range_id, l.reads_per_second + l.writes_per_second))
+                .collect();
+            p.heartbeat(beat.node_id, loads)
+        });
+        flotilla_transport::service::PlacementHeartbeatResponse {
+            accepted: taken,
+            leader_node: if taken {
+                self.node_id
+            } else {
+                self.meta_leader().await
+            },
+            nodes: if taken { self.members() } else { Vec::new() },
+        }
+    }
+
+    async fn placement_status(&self) -> flotilla_transport::service::PlacementStatus {
+        let leader_node = self.meta_leader().await;
         let snapshot = self
             .placement
             .get()
@@ -337,6 +456,7 @@ impl Service {
                     Some(RangeInfo {
                         descriptor: Some(descriptor),
                         leader_node,
+                        ..RangeInfo::default()
                     })
                 })
                 .collect::<Vec<_>>()
@@ -348,19 +468,20 @@ impl Service {
             }
         }
         ranges.sort_by_key(|r| r.descriptor.as_ref().map_or(0, |d| d.id));
+        let loads = self.handle.range_loads();
+        for r in &mut ranges {
+            let Some(load) = r.descriptor.as_ref().and_then(|d| loads.get(&d.id)) else {
+                continue;
+            };
+            r.reads_per_second = load.reads_per_second;
+            r.writes_per_second = load.writes_per_second;
+            r.size_bytes = load.size_bytes;
+        }
         ranges
     }
 
     async fn cluster_info(&self) -> ClusterInfo {
-        let nodes = self
-            .addresses
-            .read()
-            .iter()
-            .map(|(id, addr)| NodeInfo {
-                node_id: *id,
-                addr: addr.to_string(),
-            })
-            .collect();
+        let nodes = self.members();
         ClusterInfo {
             cluster_id: self.cluster_id.clone(),
             node_id: self.node_id,

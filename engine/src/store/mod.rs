@@ -4,11 +4,13 @@
 //! transport sink, the client service and the binary arrive with the node issue.
 
 mod events;
+mod load;
 mod peer;
 mod replicas;
 mod runtime;
 
 pub use self::events::SnapshotReceipt;
+pub use self::load::RangeLoad;
 pub use self::peer::{prepare_snapshot, Peer, PeerError, RoundOutput};
 pub use self::replicas::{Command, Outcome, Proposal, ProposeRefused, Store, StoreRound, Ticket};
 pub use self::runtime::{

@@ -38,6 +38,7 @@ use flotilla_transport::service::{read_response, ReadConsistency, ReadRequest};
 use tokio::sync::oneshot;
 
 use super::events::SnapshotReceipt;
+use super::load::{LoadCounter, RangeLoad};
 use super::peer::{prepare_snapshot, PeerError};
 use super::replicas::{
     Command as StoreCommand, Outcome, Proposal, ProposeRefused, Store, StoreRound,
@@ -164,6 +165,11 @@ pub type WriteResult = Result<WriteResponse, RequestError>;
 pub type ReadResult = Result<read_response::Response, RequestError>;
 
 enum Command {
+    /// A size check measured a range.
+    Measured {
+        range_id: u64,
+        size: u64,
+    },
     Raft(u64, u64, Message),
     Snapshot(u64, Message, Box<ReceivedSnapshot>),
     SnapshotDone {
@@ -205,6 +211,8 @@ pub struct RuntimeHandle {
     pending: Arc<Vec<AtomicU64>>,
     /// Ranges created while running (splits) stay on their parent's poller.
     routes: Arc<parking_lot::RwLock<HashMap<u64, usize>>>,
+    /// The load of the ranges each poller leads, as of its last survey.
+    loads: Arc<Vec<parking_lot::Mutex<BTreeMap<u64, RangeLoad>>>>,
 }
 
 impl std::fmt::Debug for RuntimeHandle {
@@ -329,6 +337,15 @@ impl RuntimeHandle {
         }
     }
 
+    /// The load of every range led here, as of each poller's last survey (once a second).
+    pub fn range_loads(&self) -> BTreeMap<u64, RangeLoad> {
+        let mut all = BTreeMap::new();
+        for loads in self.loads.iter() {
+            all.extend(loads.lock().iter().map(|(k, v)| (*k, *v)));
+        }
+        all
+    }
+
     /// Runs `f` on every poller's store (status, leadership transfer): one answer per poller.
     pub fn on_every_store<R: Send + 'static>(
         &self,
@@ -410,6 +427,11 @@ impl Runtime {
             dropped: Arc::new(AtomicU64::new(0)),
             pending: Arc::new((0..pollers).map(|_| AtomicU64::new(0)).collect()),
             routes: Arc::new(parking_lot::RwLock::new(HashMap::new())),
+            loads: Arc::new(
+                (0..pollers)
+                    .map(|_| parking_lot::Mutex::new(BTreeMap::new()))
+                    .collect(),
+            ),
         };
         let mut threads = Vec::with_capacity(pollers);
         for (index, (store, rx)) in stores.into_iter().zip(receivers).enumerate() {
@@ -501,6 +523,7 @@ struct Poller {
     /// What each led range last reported to the meta range: (version, conf_ver, term).
     reported: HashMap<u64, (u64, u64, u64)>,
     next_route_refresh: Instant,
+    load: LoadCounter,
 }
 
 /// A random number per call, from the standard library's per-process hasher keys: read ids
@@ -565,6 +588,7 @@ impl Poller {
             next_gauges: now,
             reported: HashMap::new(),
             next_route_refresh: now + ROUTE_REPORT_REFRESH,
+            load: LoadCounter::new(now),
         }
     }
 
@@ -795,6 +819,7 @@ impl Poller {
                 epoch,
                 key,
             } => self.auto_split(range_id, epoch, key),
+            Command::Measured { range_id, size } => self.load.measured(range_id, size),
             Command::Stop => return Ok(false),
         }
         Ok(true)
@@ -829,6 +854,9 @@ impl Poller {
         reply: oneshot::Sender<WriteResult>,
         deadline: Instant,
     ) {
+        if let Some(header) = &command.header {
+            self.load.write(header.range_id);
+        }
         let operation = match (command.request, command.admin) {
             (Some(r), None) if r.request.is_some() => Some(StoreCommand::Write(r)),
             (None, Some(a)) if a.request.is_some() => Some(StoreCommand::Admin(a)),
@@ -895,6 +923,7 @@ impl Poller {
             return;
         }
         let range_id = request.range_id;
+        self.load.read(range_id);
         let Some(peer) = self.store.peer_mut(range_id) else {
             let _ = reply.send(Err(KvError::RangeNotFound(range_id).into()));
             return;
@@ -1081,7 +1110,11 @@ impl Poller {
         let spawned = std::thread::Builder::new()
             .name("flotilla-split-check".into())
             .spawn(move || match kv::size_and_middle(&engine, &descriptor) {
-                Ok(Some((size, key))) if size > limit => {
+                Ok(Some((size, _))) if size <= limit => {
+                    let _ = tx.send(Command::Measured { range_id, size });
+                }
+                Ok(Some((size, key))) => {
+                    let _ = tx.send(Command::Measured { range_id, size });
                     tracing::info!(node, range = range_id, size, "range too big: splitting");
                     let _ = tx.send(Command::AutoSplit {
                         range_id,
@@ -1165,22 +1198,22 @@ impl Poller {
         // A node without a meta replica (one that joined) addresses it by the version it
         // always has: the meta range never splits (`kv::split`), and only the version is
         // checked.
-        let meta_epoch = Some(
-            self.store
-                .engine()
-                .descriptor(kv::routing::META_RANGE)
-                .ok()
-                .flatten()
-                .and_then(|d| d.epoch)
-                .unwrap_or(flotilla_transport::meta::RangeEpoch {
-                    version: 1,
-                    conf_ver: 0,
-                }),
-        );
+        let meta_epoch = self
+            .store
+            .engine()
+            .descriptor(kv::routing::META_RANGE)
+            .ok()
+            .flatten()
+            .and_then(|d| d.epoch)
+            .unwrap_or(flotilla_transport::meta::RangeEpoch {
+                version: 1,
+                conf_ver: 0,
+            });
         let node_id = self.config.node_id;
         let ids: Vec<u64> = self.store.range_ids().collect();
         let (mut leaders, mut lag, mut quiet) = (0u64, 0u64, 0u64);
         let mut records = Vec::new();
+        let mut led = Vec::new();
         for range_id in &ids {
             let Some(peer) = self.store.peer_mut(*range_id) else {
                 continue;
@@ -1195,9 +1228,7 @@ impl Poller {
                 continue;
             }
             leaders += 1;
-            if meta_epoch.is_none() {
-                continue;
-            }
+            led.push(*range_id);
             let descriptor = peer.applier().descriptor();
             let epoch = descriptor.epoch.unwrap_or_default();
             let key = (epoch.version, epoch.conf_ver, status.term);
@@ -1220,9 +1251,11 @@ impl Poller {
             .set(lag as f64);
         metrics::gauge!("flotilla_store_pending_requests", "poller" => poller)
             .set((self.writes.len() + self.reads.len()) as f64);
-        let Some(meta_epoch) = meta_epoch else {
-            return;
-        };
+        let store = &self.store;
+        let loads = self.load.survey(now, &led, |id| store.peer(id).is_some());
+        if let Some(mine) = self.shared.loads.get(self.index) {
+            *mine.lock() = loads;
+        }
         while !records.is_empty() {
             let rest = records.split_off(records.len().min(ROUTE_REPORT_BATCH));
             metrics::counter!("flotilla_store_route_reports_total").increment(records.len() as u64);

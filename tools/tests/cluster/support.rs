@@ -69,6 +69,25 @@ impl Cluster {
     /// `n` initial members and `joiners` more nodes (ids after theirs) that start with no
     /// range; the members know the joiners' addresses, so replicas can be added there.
     pub async fn start_joining(n: u64, joiners: u64, configure: impl Fn(&mut NodeConfig)) -> Self {
+        Self::start_nodes(n, joiners, true, configure).await
+    }
+
+    /// [`Cluster::start_joining`] without telling the members where the joiners are: they
+    /// register themselves (`placement.Join`) with the members their configuration names.
+    pub async fn start_unannounced(
+        n: u64,
+        joiners: u64,
+        configure: impl Fn(&mut NodeConfig),
+    ) -> Self {
+        Self::start_nodes(n, joiners, false, configure).await
+    }
+
+    async fn start_nodes(
+        n: u64,
+        joiners: u64,
+        announce: bool,
+        configure: impl Fn(&mut NodeConfig),
+    ) -> Self {
         if let Ok(filter) = std::env::var("FLOTILLA_TEST_LOG") {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
@@ -135,7 +154,7 @@ impl Cluster {
         for id in 1..=n + joiners {
             cluster.restart(id).await;
         }
-        for joiner in n + 1..=n + joiners {
+        for joiner in (n + 1..=n + joiners).filter(|_| announce) {
             let addr = cluster.addr(joiner);
             for id in 1..=n {
                 cluster.node(id).add_peer(joiner, addr);
