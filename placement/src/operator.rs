@@ -147,15 +147,17 @@ impl Operator {
         }
     }
 
-    /// The nodes the operator sends data to or takes it from (for the per-node limit).
-    pub fn nodes(&self) -> Vec<u64> {
+    /// The nodes that receive data for the operator (a snapshot: the per-node limit). The
+    /// sending side is the range's leader, whose node bounds its own sends
+    /// (`max-snapshot-sends`); the node a replica leaves receives nothing (it may be down). A
+    /// leader transfer, a removal, a promotion and a split move no data.
+    pub fn data_nodes(&self) -> Vec<u64> {
         match self.action {
-            Action::TransferLeader { from, to } | Action::MoveReplica { from, to } => {
-                vec![from, to]
-            }
-            Action::AddReplica { to } => vec![to],
-            Action::RemoveReplica { node } | Action::PromoteLearner { node } => vec![node],
-            Action::Split => Vec::new(),
+            Action::MoveReplica { to, .. } | Action::AddReplica { to } => vec![to],
+            Action::TransferLeader { .. }
+            | Action::RemoveReplica { .. }
+            | Action::PromoteLearner { .. }
+            | Action::Split => Vec::new(),
         }
     }
 }

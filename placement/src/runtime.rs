@@ -415,6 +415,11 @@ impl Runner {
             let Some(mut d) = record.descriptor else {
                 continue;
             };
+            if descriptors.contains_key(&d.id) {
+                // Two records of one range (a split's old key not yet replaced): the first,
+                // in key order, is the one its start key routes to.
+                continue;
+            }
             let epoch_of =
                 |d: &RangeDescriptor| d.epoch.map_or((0, 0), |e| (e.version, e.conf_ver));
             let mut leader_node = record.leader_node;

@@ -15,8 +15,8 @@ use crate::view::{spread, ClusterView};
 pub struct SchedulerConfig {
     /// Operators running at once in the cluster.
     pub max_operators: usize,
-    /// Operators running at once that touch one node (a snapshot to send or receive each, for
-    /// replica moves).
+    /// Replica operators running at once that touch one node (a snapshot to send or receive
+    /// each). Leader transfers move no data: only `max_operators` bounds them.
     pub max_operators_per_node: usize,
     /// An operator not finished by then is abandoned (its range may be left with a learner,
     /// which the next round cleans up).
@@ -115,7 +115,7 @@ impl Scheduler {
         self.last_view = Some((view.replica_counts(), view.leader_counts()));
         let mut per_node: BTreeMap<u64, usize> = BTreeMap::new();
         for running in self.running.values() {
-            for n in running.op.nodes() {
+            for n in running.op.data_nodes() {
                 *per_node.entry(n).or_default() += 1;
             }
         }
@@ -124,7 +124,7 @@ impl Scheduler {
             if self.running.len() >= self.config.max_operators {
                 break;
             }
-            let nodes = op.nodes();
+            let nodes = op.data_nodes();
             let full = nodes.iter().any(|n| {
                 per_node.get(n).copied().unwrap_or(0) >= self.config.max_operators_per_node
             });

@@ -192,10 +192,13 @@ fn the_scheduler_keeps_its_limits_cools_down_and_times_out() {
         cooldown: Duration::from_secs(10),
     });
     let t0 = Duration::from_secs(1);
+    // Leader transfers move no data: only the cluster's limit binds them.
     let first = s.plan(v.clone(), t0);
-    // Every transfer leaves node 1: the per-node limit binds before the cluster's.
-    assert_eq!(first.len(), 6);
-    assert!(s.plan(v.clone(), t0).is_empty(), "node 1 is at its limit");
+    assert_eq!(first.len(), 16);
+    assert!(
+        s.plan(v.clone(), t0).is_empty(),
+        "the cluster is at its limit"
+    );
     for op in &first[..3] {
         s.finish(op.range_id, Outcome::Done, t0);
     }
@@ -206,8 +209,29 @@ fn the_scheduler_keeps_its_limits_cools_down_and_times_out() {
         .iter()
         .all(|o| first[..3].iter().all(|f| f.range_id != o.range_id)));
     assert_eq!(s.overdue(t0 + Duration::from_secs(4)), Vec::<u64>::new());
-    assert_eq!(s.overdue(t0 + Duration::from_secs(5)).len(), 6);
-    assert_eq!(s.counts().started.values().sum::<u64>(), 9);
+    assert_eq!(s.overdue(t0 + Duration::from_secs(5)).len(), 16);
+    assert_eq!(s.counts().started.values().sum::<u64>(), 19);
+}
+
+#[test]
+fn replica_moves_keep_the_per_node_limit() {
+    // Node 4 is empty: every move goes to it, so its limit binds.
+    let ranges = (1..=60)
+        .map(|id| range(id, &[1, 2, 3], 1 + id % 3))
+        .collect();
+    let v = view(&[1, 2, 3, 4], ranges);
+    let mut s = Scheduler::new(SchedulerConfig {
+        max_operators: 32,
+        max_operators_per_node: 4,
+        operator_timeout: Duration::from_secs(5),
+        cooldown: Duration::from_secs(10),
+    });
+    let started = s.plan(v, Duration::ZERO);
+    let moves = started
+        .iter()
+        .filter(|o| matches!(o.action, Action::MoveReplica { to: 4, .. }))
+        .count();
+    assert_eq!(moves, 4, "{started:?}");
 }
 
 /// A random cluster: 3-7 nodes, each range on 3 distinct nodes led by one of them; up to one

@@ -40,7 +40,7 @@ initial-ranges = 1
 # Not an initial member: start with no range, register this node's address with the members
 # `initial-cluster` names (any of them suffices), and receive replicas from placement (or an
 # operator's `replica add`). The node id must be new to the cluster and named by this node's
-# certificate (`flotilla certs create --node N`).
+# certificate (`flotilla certs create --nodes N` adds the certificates up to node N).
 join = false
 # Where Prometheus scrapes this node's metrics (HTTP); empty: no metrics endpoint.
 metrics-addr = ""
@@ -363,6 +363,26 @@ impl ServerConfig {
     ///
     /// # Errors
     /// A message naming the field that cannot work.
+    /// The node's TLS identity from the `[tls]` files (relative to `base`).
+    ///
+    /// # Errors
+    /// A file that cannot be read or parsed, named.
+    pub fn tls_config(&self, base: &Path) -> anyhow::Result<TlsConfig> {
+        let resolve = |p: &Path| {
+            if p.is_relative() {
+                base.join(p)
+            } else {
+                p.to_path_buf()
+            }
+        };
+        TlsConfig::from_pem(
+            &read_file(&resolve(&self.tls.ca), "tls.ca")?,
+            &read_file(&resolve(&self.tls.cert), "tls.cert")?,
+            &read_file(&resolve(&self.tls.key), "tls.key")?,
+        )
+        .map_err(|e| anyhow!("tls: {e}"))
+    }
+
     pub fn node_config(&self, base: &Path) -> anyhow::Result<NodeConfig> {
         if self.node_id == 0 {
             bail!("node-id: required (>= 1)");
@@ -379,12 +399,7 @@ impl ServerConfig {
                 p.to_path_buf()
             }
         };
-        let tls = TlsConfig::from_pem(
-            &read_file(&resolve(&self.tls.ca), "tls.ca")?,
-            &read_file(&resolve(&self.tls.cert), "tls.cert")?,
-            &read_file(&resolve(&self.tls.key), "tls.key")?,
-        )
-        .map_err(|e| anyhow!("tls: {e}"))?;
+        let tls = self.tls_config(base)?;
         if !matches!(self.log_format.as_str(), "text" | "json") {
             bail!(
                 "log-format: {:?} is neither \"text\" nor \"json\"",

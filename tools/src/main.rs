@@ -196,6 +196,11 @@ struct ServerArgs {
     /// Overrides `log-format` ("text" or "json").
     #[arg(long, env = "FLOTILLA_LOG_FORMAT")]
     log_format: Option<String>,
+    /// Joins a running cluster through any of its nodes (host:port, repeatable): the members
+    /// are learned from it, `initial-cluster` and `join` are set from them. The node id must be
+    /// new and named by this node's certificate.
+    #[arg(long, env = "FLOTILLA_JOIN", value_delimiter = ',')]
+    join: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -259,7 +264,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(v) = args.log_format {
                 config.log_format = v;
             }
-            server::run(config, &path).await
+            server::run(config, &path, &args.join).await
         }
         Cmd::Config => {
             print!("{}", config::DEFAULT_CONFIG);
@@ -438,9 +443,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .collect();
                 }
             }
+            let loads = placement::leader_loads(&client, &client_config()?.endpoints).await;
             for r in &records {
                 let Some(d) = &r.descriptor else { continue };
                 let epoch = d.epoch.unwrap_or_default();
+                let load = loads.get(&d.id);
+                let qps = load.map(|l| (l.reads_per_second, l.writes_per_second));
+                let size = load.and_then(|l| l.size_bytes);
                 let replicas: Vec<String> = d
                     .replicas
                     .iter()
@@ -461,9 +470,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         })).collect::<Vec<_>>(),
                         "leader_node": r.leader_node,
                         "leader_term": r.leader_term,
+                        "reads_per_second": qps.map(|q| q.0),
+                        "writes_per_second": qps.map(|q| q.1),
+                        "size_bytes": size,
                     })),
                     Output::Table => println!(
-                        "range {:<20} [{:?}, {}) v{}/c{} replicas [{}] leader node {} (term {})",
+                        "range {:<20} [{:?}, {}) v{}/c{} replicas [{}] leader node {} (term {}) {} {}",
                         d.id,
                         span_key(&d.start_key),
                         if d.end_key.is_empty() {
@@ -475,13 +487,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         epoch.conf_ver,
                         replicas.join(", "),
                         r.leader_node,
-                        r.leader_term
+                        r.leader_term,
+                        qps.map_or("qps -".to_string(), |q| format!(
+                            "qps {:.0} r / {:.0} w",
+                            q.0, q.1
+                        )),
+                        size.map_or("size -".to_string(), |b| format!("size {b} B")),
                     ),
                 }
             }
             if cli.output == Output::Table {
                 println!(
-                    "{} ranges (size and load per range arrive with placement)",
+                    "{} ranges (qps: requests per second at the leader over the last second; \
+                     size: as the leader's size check last measured it, - until one ran)",
                     records.len()
                 );
             }

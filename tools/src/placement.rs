@@ -179,3 +179,34 @@ async fn node_addr(client: &Client, node: u64) -> anyhow::Result<SocketAddr> {
     }
     bail!("no node knows the address of node {node}")
 }
+
+/// The load every leader reports for its ranges (`cluster.Info` of each member, the ranges it
+/// leads), by range id.
+pub async fn leader_loads(
+    client: &Client,
+    endpoints: &[SocketAddr],
+) -> std::collections::BTreeMap<u64, flotilla_transport::service::RangeInfo> {
+    let mut members: Vec<(u64, SocketAddr)> = Vec::new();
+    for &addr in endpoints {
+        if let Ok(info) = client.cluster_info(addr).await {
+            members = info
+                .nodes
+                .iter()
+                .filter_map(|n| Some((n.node_id, n.addr.parse().ok()?)))
+                .collect();
+            break;
+        }
+    }
+    let mut loads = std::collections::BTreeMap::new();
+    for (id, addr) in members {
+        let Ok(info) = client.cluster_info(addr).await else {
+            continue;
+        };
+        for r in info.ranges.into_iter().filter(|r| r.leader_node == id) {
+            if let Some(range_id) = r.descriptor.as_ref().map(|d| d.id) {
+                loads.insert(range_id, r);
+            }
+        }
+    }
+    loads
+}

@@ -67,9 +67,24 @@ pub fn install_metrics(addr: SocketAddr) -> anyhow::Result<()> {
 ///
 /// # Errors
 /// A configuration or start-up error, naming what is wrong.
-pub async fn run(config: ServerConfig, config_path: &Path) -> anyhow::Result<()> {
+pub async fn run(
+    mut config: ServerConfig,
+    config_path: &Path,
+    join: &[String],
+) -> anyhow::Result<()> {
     init_logging(&config.log_filter, &config.log_format);
     let base = config_path.parent().unwrap_or(Path::new("."));
+    if !join.is_empty() {
+        let tls = config.tls_config(base)?;
+        let members = members_at(&config.cluster_id, &tls, join).await?;
+        tracing::info!(node = config.node_id, ?members, "joining the cluster");
+        config.join = true;
+        config.initial_cluster = members
+            .iter()
+            .map(|(id, addr)| format!("{id}={addr}"))
+            .collect::<Vec<_>>()
+            .join(",");
+    }
     let node_config = config.node_config(base)?;
     if !config.metrics_addr.is_empty() {
         let addr: SocketAddr = config
@@ -123,4 +138,56 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         r = tokio::signal::ctrl_c() => r.context("cannot watch Ctrl-C")?,
     }
     Ok(())
+}
+
+/// The members a running cluster lists (`cluster.Info` of the first of `addrs` that answers),
+/// asked with this node's certificate (node certificates also name the cluster's client).
+async fn members_at(
+    cluster_id: &str,
+    tls: &flotilla_transport::tls::TlsConfig,
+    addrs: &[String],
+) -> anyhow::Result<std::collections::BTreeMap<u64, SocketAddr>> {
+    use prost::Message as _;
+    let bind: SocketAddr = "0.0.0.0:0".parse()?;
+    let endpoint = flotilla_transport::ClientEndpoint::new(cluster_id, tls, bind)
+        .map_err(|e| anyhow!("join: {e}"))?;
+    let mut last = anyhow!("join: no address given");
+    for a in addrs {
+        let addr: SocketAddr = match a.parse() {
+            Ok(addr) => addr,
+            Err(e) => {
+                last = anyhow!("join: {a:?}: {e}");
+                continue;
+            }
+        };
+        let answer = endpoint
+            .call(
+                addr,
+                "cluster.Info",
+                bytes::Bytes::new(),
+                std::time::Duration::from_secs(5),
+            )
+            .await;
+        match answer.map(flotilla_transport::service::ClusterInfo::decode) {
+            Ok(Ok(info)) if !info.nodes.is_empty() => {
+                endpoint.close().await;
+                return info
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        let addr = n
+                            .addr
+                            .parse()
+                            .map_err(|e| anyhow!("join: node {}: {:?}: {e}", n.node_id, n.addr))?;
+                        Ok((n.node_id, addr))
+                    })
+                    .collect();
+            }
+            Ok(Ok(_)) => last = anyhow!("join: {addr} lists no member"),
+            Ok(Err(e)) => last = anyhow!("join: {addr}: undecodable answer: {e}"),
+            Err(e) => last = anyhow!("join: {addr}: {e}"),
+        }
+    }
+    endpoint.close().await;
+    Err(last)
 }
