@@ -24,6 +24,7 @@ use rand::Rng;
 
 pub(crate) use crate::cache::{RangeCache, Route};
 use crate::config::ClientConfig;
+use crate::config::Consistency;
 use crate::error::ClientError;
 
 pub(crate) const USER_KEY_PREFIX: u8 = 0x01;
@@ -659,7 +660,7 @@ impl Client {
     pub(crate) async fn read(
         &self,
         key: &[u8],
-        consistency: ReadConsistency,
+        consistency: Consistency,
         request: read_request::Request,
     ) -> Result<read_response::Response, ClientError> {
         self.read_at(Target::Key(key), consistency, request).await
@@ -669,9 +670,10 @@ impl Client {
     pub(crate) async fn read_at(
         &self,
         target: Target<'_>,
-        consistency: ReadConsistency,
+        consistency: Consistency,
         request: read_request::Request,
     ) -> Result<read_response::Response, ClientError> {
+        let (consistency, max_staleness_ms) = consistency.to_wire();
         let kind = if consistency == ReadConsistency::Linearizable {
             Call::Leader
         } else {
@@ -683,6 +685,7 @@ impl Client {
                 epoch: route.descriptor.epoch,
                 consistency: consistency as i32,
                 request: Some(request.clone()),
+                max_staleness_ms,
             }
             .encode_to_vec();
             async move {

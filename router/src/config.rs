@@ -7,6 +7,48 @@ use flotilla_transport::tls::TlsConfig;
 
 use crate::error::ClientError;
 
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// Linearizable, at the range's leader (the default).
+    #[default]
+    Linearizable,
+    /// Linearizable, at any replica: it asks the leader for the commit index (ReadIndex)
+    /// and answers once it applied that far.
+    Follower,
+    /// At any replica, no older than `max_age`: answered from what the replica applied when
+    /// it can show that is fresh enough (it heard from its leader within `max_age` minus two
+    /// election timeouts and applied what that leader had committed), else after a ReadIndex
+    /// round. `Duration::MAX`: any age (whatever the replica applied; never torn).
+    Stale(Duration),
+}
+
+impl Consistency {
+    /// The wire's consistency and `max_staleness_ms` (0: any age).
+    pub(crate) fn to_wire(self) -> (ReadConsistency, u64) {
+        match self {
+            Self::Linearizable => (ReadConsistency::Linearizable, 0),
+            Self::Follower => (ReadConsistency::Follower, 0),
+            Self::Stale(age) if age == Duration::MAX => (ReadConsistency::Stale, 0),
+            // At least 1 ms: 0 means "any age" on the wire.
+            Self::Stale(age) => (
+                ReadConsistency::Stale,
+                u64::try_from(age.as_millis()).unwrap_or(u64::MAX).max(1),
+            ),
+        }
+    }
+}
+
+impl From<ReadConsistency> for Consistency {
+    fn from(c: ReadConsistency) -> Self {
+        match c {
+            ReadConsistency::Linearizable => Self::Linearizable,
+            ReadConsistency::Follower => Self::Follower,
+            ReadConsistency::Stale => Self::Stale(Duration::MAX),
+        }
+    }
+}
+
 /// How to reach a cluster.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
@@ -18,7 +60,7 @@ pub struct ClientConfig {
     pub deadline: Duration,
     /// The longest one attempt at one node may take.
     pub attempt_timeout: Duration,
-    pub read_consistency: ReadConsistency,
+    pub read_consistency: Consistency,
     /// New writes start a new session after this long, well within the servers' session TTL
     /// (`kv.session-ttl-ms`, 1 h by default), so the servers never see a session they expired.
     pub session_renew_after: Duration,
@@ -48,7 +90,7 @@ impl ClientConfig {
             tls,
             deadline: Duration::from_secs(10),
             attempt_timeout: Duration::from_secs(2),
-            read_consistency: ReadConsistency::Linearizable,
+            read_consistency: Consistency::Linearizable,
             session_renew_after: Duration::from_secs(20 * 60),
             backoff_initial: Duration::from_millis(10),
             backoff_max: Duration::from_millis(500),
@@ -108,8 +150,8 @@ impl ClientConfig {
     }
 
     /// How reads are served unless a call says otherwise (linearizable by default).
-    pub fn with_read_consistency(mut self, consistency: ReadConsistency) -> Self {
-        self.read_consistency = consistency;
+    pub fn with_read_consistency(mut self, consistency: impl Into<Consistency>) -> Self {
+        self.read_consistency = consistency.into();
         self
     }
 

@@ -6,7 +6,9 @@ use flotilla_transport::kv::{
     write_request, write_response, DeleteRangeRequest, DeleteRequest, GetRequest, KeyValue,
     PutRequest, TxnRequest, TxnResponse, WriteRequest, WriteResponse,
 };
-use flotilla_transport::service::{read_request, read_response, ReadConsistency};
+use flotilla_transport::service::{read_request, read_response};
+
+use crate::config::Consistency;
 
 use crate::client::{internal, Client};
 use crate::error::ClientError;
@@ -41,13 +43,16 @@ impl Client {
     pub async fn get_with(
         &self,
         key: impl AsRef<[u8]>,
-        consistency: ReadConsistency,
+        consistency: impl Into<Consistency>,
     ) -> Result<Option<KeyValue>, ClientError> {
         let key = key.as_ref();
         let request = read_request::Request::Get(GetRequest {
             key: Bytes::copy_from_slice(key),
         });
-        match self.read(&internal(key), consistency, request).await? {
+        match self
+            .read(&internal(key), consistency.into(), request)
+            .await?
+        {
             read_response::Response::Get(g) => Ok(g.kv),
             _ => Err(ClientError::Config(
                 "a get answered with another response".into(),

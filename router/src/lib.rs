@@ -25,7 +25,7 @@ mod scan;
 pub mod txn;
 
 pub use self::client::Client;
-pub use self::config::ClientConfig;
+pub use self::config::{ClientConfig, Consistency};
 pub use self::error::ClientError;
 pub use self::scan::Scan;
 pub use self::txn::{Txn, TxnOutcome};

@@ -6,7 +6,9 @@ use std::ops::{Bound, RangeBounds};
 
 use bytes::Bytes;
 use flotilla_transport::kv::{KeyValue, ScanRequest};
-use flotilla_transport::service::{read_request, read_response, ReadConsistency};
+use flotilla_transport::service::{read_request, read_response};
+
+use crate::config::Consistency;
 use futures_util::stream::{self, Stream, TryStreamExt};
 
 use crate::client::{internal, Client, Target};
@@ -28,7 +30,7 @@ pub struct Scan {
     limit: Option<usize>,
     keys_only: bool,
     reverse: bool,
-    consistency: ReadConsistency,
+    consistency: Consistency,
 }
 
 /// The smallest key after `key`.
@@ -111,8 +113,8 @@ impl Scan {
     }
 
     /// Reads at `consistency` instead of the client's default.
-    pub fn consistency(mut self, consistency: ReadConsistency) -> Self {
-        self.consistency = consistency;
+    pub fn consistency(mut self, consistency: impl Into<Consistency>) -> Self {
+        self.consistency = consistency.into();
         self
     }
 

@@ -306,7 +306,7 @@ impl Node {
             accepting: AtomicBool::new(true),
             started: Instant::now(),
             placement: std::sync::OnceLock::new(),
-            transport: transport.clone(),
+            transport: parking_lot::RwLock::new(Some(transport.clone())),
         });
         let _ = network.handle.set(runtime.handle().clone());
         let _ = late.cell.set(Arc::new(NodeSink {
@@ -526,6 +526,8 @@ impl Node {
             let _ = tokio::task::spawn_blocking(move || runtime.stop()).await;
         }
         self.transport.shutdown().await;
+        // Breaks the cycle transport -> sink -> service -> transport.
+        *self.service.transport.write() = None;
         tracing::info!(node = self.node_id, "node stopped");
     }
 }

@@ -48,7 +48,9 @@ pub(crate) struct Service {
     pub(crate) started: Instant,
     /// Set once the node's placement task runs.
     pub(crate) placement: std::sync::OnceLock<Arc<flotilla_placement::Placement>>,
-    pub(crate) transport: flotilla_transport::Transport,
+    /// The node's transport while it runs (the transport holds the service through its
+    /// sink: cleared when the node stops, so neither keeps the other alive).
+    pub(crate) transport: parking_lot::RwLock<Option<flotilla_transport::Transport>>,
 }
 
 fn bad_request(what: &str, e: impl std::fmt::Display) -> RpcStatus {
@@ -213,7 +215,9 @@ impl Service {
             return;
         }
         if node_id != self.node_id {
-            self.transport.add_peer(node_id, addr);
+            if let Some(t) = self.transport.read().as_ref() {
+                t.add_peer(node_id, addr);
+            }
         }
         self.addresses.write().insert(node_id, addr);
         tracing::info!(node = self.node_id, peer = node_id, %addr, "learned a member's address");
@@ -266,9 +270,13 @@ impl Service {
             version: 1,
             conf_ver: 0,
         };
+        let transport = self
+            .transport
+            .read()
+            .clone()
+            .ok_or_else(|| RpcStatus::new(RpcCode::Unavailable, "the node is stopping"))?;
         let written =
-            super::net::propose_to_meta(&self.handle, &self.transport, &members, epoch, update)
-                .await;
+            super::net::propose_to_meta(&self.handle, &transport, &members, epoch, update).await;
         match written.and_then(|w| w.response) {
             Some(flotilla_transport::kv::write_response::Response::NodeUpdate(_)) => {}
             other => {

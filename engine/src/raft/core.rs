@@ -490,6 +490,7 @@ impl<S: LogStore> Raft<S> {
         m.index = prev_index;
         m.log_term = prev_term;
         m.commit = self.log.committed;
+        m.leader_commit = self.log.committed;
         let last_sent = entries.last().map(|e| e.index);
         m.entries = entries;
         let Some(pr) = self.tracker.get_mut(to) else {

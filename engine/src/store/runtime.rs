@@ -524,6 +524,16 @@ struct Poller {
     reported: HashMap<u64, (u64, u64, u64)>,
     next_route_refresh: Instant,
     load: LoadCounter,
+    /// The last message from each range's leader: for bounded-staleness reads.
+    contacts: HashMap<u64, LeaderContact>,
+}
+
+/// When a follower last heard from its leader, and what that leader had committed then.
+#[derive(Clone, Copy, Debug)]
+struct LeaderContact {
+    at: Instant,
+    term: u64,
+    commit: u64,
 }
 
 /// A random number per call, from the standard library's per-process hasher keys: read ids
@@ -589,6 +599,7 @@ impl Poller {
             reported: HashMap::new(),
             next_route_refresh: now + ROUTE_REPORT_REFRESH,
             load: LoadCounter::new(now),
+            contacts: HashMap::new(),
         }
     }
 
@@ -781,7 +792,15 @@ impl Poller {
     fn handle(&mut self, command: Command) -> Result<bool, PeerError> {
         match command {
             Command::Raft(range_id, from_node, message) => {
+                let contact = matches!(
+                    MessageType::try_from(message.msg_type),
+                    Ok(MessageType::Append | MessageType::Heartbeat)
+                )
+                .then_some((message.from, message.term, message.leader_commit));
                 self.store.step(range_id, from_node, message)?;
+                if let Some((from, term, commit)) = contact {
+                    self.note_leader_contact(range_id, from, term, commit);
+                }
             }
             Command::Snapshot(range_id, message, data) => {
                 if self.store.receive_snapshot(range_id, message, *data)?
@@ -940,9 +959,20 @@ impl Poller {
             ReadConsistency::try_from(request.consistency).unwrap_or(ReadConsistency::Linearizable);
         let is_leader = peer.raft().status().role == Role::Leader;
         match consistency {
-            ReadConsistency::Stale => {
+            ReadConsistency::Stale
+                if request.max_staleness_ms == 0
+                    || is_leader
+                    || self.fresh_enough(range_id, request.max_staleness_ms) =>
+            {
+                metrics::counter!("flotilla_store_stale_reads_total", "served" => "local")
+                    .increment(1);
                 let _ = reply.send(self.store.serve_read(&request));
                 return;
+            }
+            // Not provably fresh enough: a ReadIndex round (never staler, maybe slower).
+            ReadConsistency::Stale => {
+                metrics::counter!("flotilla_store_stale_reads_total", "served" => "read_index")
+                    .increment(1);
             }
             ReadConsistency::Linearizable if !is_leader => {
                 let e = self.not_leader(range_id);
@@ -984,6 +1014,53 @@ impl Poller {
                 let _ = reply.send(Err(RequestError::Unavailable(why)));
             }
         }
+    }
+
+    /// Remembers that the leader of `range_id` (replica `from`, term `term`) had committed
+    /// `commit` when it sent a message that arrived now (only messages from the leader this
+    /// replica follows in that term count).
+    fn note_leader_contact(&mut self, range_id: u64, from: u64, term: u64, commit: u64) {
+        let Some(peer) = self.store.peer_mut(range_id) else {
+            return;
+        };
+        let status = peer.raft().status();
+        if status.role == Role::Leader || status.leader_id != from || status.term != term {
+            return;
+        }
+        let contact = self.contacts.entry(range_id).or_insert(LeaderContact {
+            at: Instant::now(),
+            term,
+            commit,
+        });
+        // Messages may arrive out of order: keep the highest commit seen in the term.
+        if contact.term != term || commit >= contact.commit {
+            *contact = LeaderContact {
+                at: Instant::now(),
+                term,
+                commit,
+            };
+        }
+    }
+
+    /// Whether this follower's state of `range_id` is no older than `max_ms`: it heard from
+    /// its current leader at most `max_ms` minus two election timeouts ago (a deposed leader
+    /// stops within an election timeout of losing its quorum, check-quorum; two allow for the
+    /// randomized timeout and message delay) and applied what that leader had committed.
+    fn fresh_enough(&mut self, range_id: u64, max_ms: u64) -> bool {
+        let Some(contact) = self.contacts.get(&range_id).copied() else {
+            return false;
+        };
+        let Some(peer) = self.store.peer_mut(range_id) else {
+            return false;
+        };
+        let status = peer.raft().status();
+        let applied = peer.applier().applied_index();
+        let election = self.config.tick * self.config.raft.election_timeout_ticks as u32;
+        let budget = Duration::from_millis(max_ms).saturating_sub(election * 2);
+        status.term == contact.term
+            && status.role != Role::Leader
+            && applied >= contact.commit
+            && contact.at.elapsed() <= budget
     }
 
     fn dispatch(&mut self, round: StoreRound) {
@@ -1253,6 +1330,7 @@ impl Poller {
             .set((self.writes.len() + self.reads.len()) as f64);
         let store = &self.store;
         let loads = self.load.survey(now, &led, |id| store.peer(id).is_some());
+        self.contacts.retain(|id, _| store.peer(*id).is_some());
         if let Some(mine) = self.shared.loads.get(self.index) {
             *mine.lock() = loads;
         }

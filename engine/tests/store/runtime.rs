@@ -68,6 +68,7 @@ fn get(key: &str) -> ReadRequest {
         request: Some(read_request::Request::Get(GetRequest {
             key: Bytes::copy_from_slice(key.as_bytes()),
         })),
+        max_staleness_ms: 0,
     }
 }
 

@@ -6,7 +6,7 @@ mod placement;
 mod support;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use flotilla_client::{Client, ClientError};
@@ -529,6 +529,7 @@ async fn bad_client_input_gets_typed_errors() {
         }),
         consistency: 0,
         request: None,
+        max_staleness_ms: 0,
     };
     let body = raw
         .call(
@@ -596,6 +597,75 @@ async fn follower_reads_see_every_acknowledged_write() {
 
 /// A graceful shutdown of the leader hands its leaderships away and finishes what was in
 /// flight: a client writing all along sees no failure.
+/// Issue 8: a bounded-staleness read (`Stale(max_age)`) is served by a follower from what it
+/// applied while it heard from its leader within `max_age` minus two election timeouts; cut
+/// off from the leader past that, it stops answering from its own state (its ReadIndex
+/// fallback cannot reach the leader) instead of serving data of any age. Healed, it serves
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_staleness_reads_are_local_only_while_provably_fresh() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.wait_leader(&[]).await;
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let client = cluster.client().await;
+    client.put("s", "1").await.expect("put");
+    cluster.wait_value(follower, "s", "1").await;
+    // Election timeout 10 ticks of 20 ms: 1,500 ms leaves 1,100 ms after the last contact.
+    const MAX_MS: u64 = 1_500;
+    const BUDGET: Duration = Duration::from_millis(1_100);
+    let fresh = eventually("a local stale read", || async {
+        cluster
+            .read_stale_on(follower, "s", MAX_MS, Duration::from_millis(500))
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+    assert_eq!(&fresh[..], b"1");
+    cluster.partition(&[follower]);
+    let cut = Instant::now();
+    // Served locally at first, refused once the last contact is older than the budget.
+    let mut served_after_cut = Duration::ZERO;
+    let refused = loop {
+        let answer = cluster
+            .read_stale_on(follower, "s", MAX_MS, Duration::from_millis(100))
+            .await;
+        match answer {
+            Ok(value) => {
+                assert_eq!(value.as_deref(), Some(&b"1"[..]), "never torn or made up");
+                served_after_cut = cut.elapsed();
+            }
+            Err(_) => break cut.elapsed(),
+        }
+        assert!(
+            cut.elapsed() < Duration::from_secs(10),
+            "still served after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        served_after_cut <= BUDGET + Duration::from_millis(100),
+        "served {served_after_cut:?} after the cut (budget {BUDGET:?})"
+    );
+    // Served locally well after the leader became unreachable: not by a ReadIndex round.
+    assert!(
+        served_after_cut >= Duration::from_millis(500),
+        "served only until {served_after_cut:?} (refused at {refused:?})"
+    );
+    eprintln!("cut off: served locally until {served_after_cut:?}, refused from {refused:?}");
+    cluster.heal();
+    eventually("stale reads again after the heal", || async {
+        cluster
+            .read_stale_on(follower, "s", MAX_MS, Duration::from_millis(500))
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+    client.close().await;
+    cluster.stop_all().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_shutdown_hands_leadership_away_without_failing_writes() {
     let mut cluster = Cluster::start(3).await;

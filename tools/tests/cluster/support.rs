@@ -245,7 +245,6 @@ impl Cluster {
         key: &str,
         consistency: ReadConsistency,
     ) -> Result<Option<Bytes>, flotilla_engine::store::RequestError> {
-        let handle = self.node(id).handle().expect("running").clone();
         let request = ReadRequest {
             range_id,
             epoch: Some(epoch),
@@ -253,11 +252,48 @@ impl Cluster {
             request: Some(read_request::Request::Get(GetRequest {
                 key: Bytes::copy_from_slice(key.as_bytes()),
             })),
+            max_staleness_ms: 0,
         };
-        let answer = handle
-            .read(request, Instant::now() + Duration::from_secs(5))
+        self.read_request_on(id, request, Duration::from_secs(5))
             .await
-            .expect("answered")?;
+    }
+
+    /// A bounded-staleness read of `key` (no older than `max_ms`) on node `id`'s replica of
+    /// the first user range, answered within `timeout`.
+    pub async fn read_stale_on(
+        &self,
+        id: u64,
+        key: &str,
+        max_ms: u64,
+        timeout: Duration,
+    ) -> Result<Option<Bytes>, flotilla_engine::store::RequestError> {
+        let request = ReadRequest {
+            range_id: FIRST_USER_RANGE,
+            epoch: Some(RangeEpoch {
+                version: 1,
+                conf_ver: 1,
+            }),
+            consistency: ReadConsistency::Stale as i32,
+            request: Some(read_request::Request::Get(GetRequest {
+                key: Bytes::copy_from_slice(key.as_bytes()),
+            })),
+            max_staleness_ms: max_ms,
+        };
+        self.read_request_on(id, request, timeout).await
+    }
+
+    async fn read_request_on(
+        &self,
+        id: u64,
+        request: ReadRequest,
+        timeout: Duration,
+    ) -> Result<Option<Bytes>, flotilla_engine::store::RequestError> {
+        let handle = self.node(id).handle().expect("running").clone();
+        let answer = handle
+            .read(request, Instant::now() + timeout)
+            .await
+            .map_err(|_| flotilla_engine::store::RequestError::Unavailable("no answer".into()))?;
+        let answer = answer?;
         match answer {
             read_response::Response::Get(g) => Ok(g.kv.map(|kv| kv.value)),
             other => panic!("a get answered {other:?}"),

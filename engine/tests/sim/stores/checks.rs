@@ -268,6 +268,7 @@ fn scan_all(store: &Store, d: &RangeDescriptor) -> Result<Vec<KeyValue>, String>
                 keys_only: false,
                 reverse: false,
             })),
+            max_staleness_ms: 0,
         };
         match store.serve_read(&request) {
             Ok(read_response::Response::Scan(page)) => {

@@ -486,6 +486,7 @@ impl StoreWorld {
             epoch: peer.applier().descriptor().epoch,
             consistency: ReadConsistency::Linearizable as i32,
             request: Some(read_request::Request::Get(GetRequest { key: user.into() })),
+            max_staleness_ms: 0,
         };
         if peer
             .raft()
