@@ -236,7 +236,14 @@ impl Client {
         }
         .parse()
         .map_err(|e| ClientError::Config(format!("bind address: {e}")))?;
-        let endpoint = ClientEndpoint::new(&config.cluster_id, &config.tls, bind)?;
+        let Some(tls) = &config.tls else {
+            return Err(ClientError::Config(
+                "no TLS identity: the cluster takes mutual TLS only; set one with \
+                 ClientConfig::with_tls_files(ca, cert, key)"
+                    .into(),
+            ));
+        };
+        let endpoint = ClientEndpoint::new(&config.cluster_id, tls, bind)?;
         let client = Self {
             inner: Arc::new(Inner {
                 config,

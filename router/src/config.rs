@@ -55,7 +55,9 @@ pub struct ClientConfig {
     pub cluster_id: String,
     /// Any nodes of the cluster: the client learns the rest from them.
     pub endpoints: Vec<SocketAddr>,
-    pub tls: TlsConfig,
+    /// The client's identity for mutual TLS (the cluster refuses connections without one):
+    /// `None` only in a default config not completed yet; `Client::connect` says so.
+    pub tls: Option<TlsConfig>,
     /// The longest one call (with its retries) may take.
     pub deadline: Duration,
     /// The longest one attempt at one node may take.
@@ -82,12 +84,15 @@ fn read(path: &str, what: &str) -> Result<Vec<u8>, ClientError> {
     std::fs::read(Path::new(path)).map_err(|e| ClientError::Config(format!("{what} {path}: {e}")))
 }
 
-impl ClientConfig {
-    pub fn new(cluster_id: impl Into<String>, endpoints: Vec<SocketAddr>, tls: TlsConfig) -> Self {
+impl Default for ClientConfig {
+    /// Cluster `flotilla` at 127.0.0.1:7001, no TLS identity yet (add one with
+    /// [`ClientConfig::with_tls_files`]), 10 s deadline per call, 2 s per attempt, linearizable
+    /// reads, backoff 10 ms doubling to 500 ms.
+    fn default() -> Self {
         Self {
-            cluster_id: cluster_id.into(),
-            endpoints,
-            tls,
+            cluster_id: "flotilla".into(),
+            endpoints: vec![SocketAddr::from(([127, 0, 0, 1], 7001))],
+            tls: None,
             deadline: Duration::from_secs(10),
             attempt_timeout: Duration::from_secs(2),
             read_consistency: Consistency::Linearizable,
@@ -95,6 +100,72 @@ impl ClientConfig {
             backoff_initial: Duration::from_millis(10),
             backoff_max: Duration::from_millis(500),
         }
+    }
+}
+
+impl ClientConfig {
+    pub fn new(cluster_id: impl Into<String>, endpoints: Vec<SocketAddr>, tls: TlsConfig) -> Self {
+        Self {
+            cluster_id: cluster_id.into(),
+            endpoints,
+            tls: Some(tls),
+            ..Self::default()
+        }
+    }
+
+    /// The cluster's id (part of every certificate name).
+    pub fn with_cluster_id(mut self, cluster_id: impl Into<String>) -> Self {
+        self.cluster_id = cluster_id.into();
+        self
+    }
+
+    /// Any nodes of the cluster (the client learns the rest from them).
+    pub fn with_endpoints(mut self, endpoints: Vec<SocketAddr>) -> Self {
+        self.endpoints = endpoints;
+        self
+    }
+
+    pub fn with_tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The TLS identity from PEM files: the cluster CA's certificate, this client's
+    /// certificate chain and its key.
+    ///
+    /// ```no_run
+    /// # fn demo() -> Result<(), flotilla_client::ClientError> {
+    /// use flotilla_client::ClientConfig;
+    /// let config = ClientConfig::default()
+    ///     .with_cluster_id("local")
+    ///     .with_endpoints(vec!["127.0.0.1:7001".parse().expect("an address")])
+    ///     .with_tls_files(
+    ///         "data/local/certs/ca.pem",
+    ///         "data/local/certs/client.pem",
+    ///         "data/local/certs/client-key.pem",
+    ///     )?;
+    /// # let _ = config; Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`ClientError::Config`] naming the file at fault.
+    pub fn with_tls_files(
+        self,
+        ca: impl AsRef<Path>,
+        cert: impl AsRef<Path>,
+        key: impl AsRef<Path>,
+    ) -> Result<Self, ClientError> {
+        let loaded = Self::from_files(
+            self.cluster_id.clone(),
+            self.endpoints.clone(),
+            ca,
+            cert,
+            key,
+        )?;
+        Ok(Self {
+            tls: loaded.tls,
+            ..self
+        })
     }
 
     /// With mutual TLS from PEM files: the cluster CA's certificate, this client's
@@ -201,4 +272,47 @@ pub fn parse_endpoints(list: &str) -> Result<Vec<SocketAddr>, ClientError> {
         ));
     }
     Ok(endpoints)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_default_config_without_tls_is_refused_with_a_clear_error() {
+        let config = ClientConfig::default();
+        assert_eq!(
+            config.endpoints,
+            vec![SocketAddr::from(([127, 0, 0, 1], 7001))]
+        );
+        assert_eq!(config.read_consistency, Consistency::Linearizable);
+        let e = crate::Client::connect(config)
+            .await
+            .expect_err("no identity");
+        assert!(
+            matches!(&e, ClientError::Config(m) if m.contains("no TLS identity")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn consistencies_map_to_the_wire() {
+        assert_eq!(
+            Consistency::Stale(Duration::from_secs(5)).to_wire(),
+            (ReadConsistency::Stale, 5_000)
+        );
+        assert_eq!(
+            Consistency::Stale(Duration::MAX).to_wire(),
+            (ReadConsistency::Stale, 0)
+        );
+        // A sub-millisecond bound stays a bound, never "any age".
+        assert_eq!(
+            Consistency::Stale(Duration::from_micros(10)).to_wire(),
+            (ReadConsistency::Stale, 1)
+        );
+        assert_eq!(
+            Consistency::from(ReadConsistency::Follower).to_wire(),
+            (ReadConsistency::Follower, 0)
+        );
+    }
 }
