@@ -20,7 +20,7 @@
 //! view as the earlier ones will leave it ([`project`]), so they do not all pick the same node.
 
 use crate::operator::{Action, Operator, Reason};
-use crate::view::{spread, ClusterView, RangeView, ReplicaView};
+use crate::view::{ClusterView, RangeView, ReplicaView};
 
 /// What should happen next, most urgent first.
 pub fn schedule(view: &ClusterView) -> Vec<Operator> {
@@ -164,73 +164,56 @@ fn movable(view: &ClusterView, range: &RangeView) -> bool {
         && range.replicas.iter().all(|r| r.voter)
 }
 
-/// (count, node) pairs.
-type ByCount = Vec<(usize, u64)>;
-
-/// Nodes by count, from the fullest and from the emptiest.
-fn extremes(counts: &std::collections::BTreeMap<u64, usize>) -> (ByCount, ByCount) {
+/// The (from, to) node pairs whose counts differ by 2 or more, fullest `from` and emptiest `to`
+/// first: the moves that lower the sum of squared counts.
+fn unbalanced_pairs(counts: &std::collections::BTreeMap<u64, usize>) -> Vec<(u64, u64)> {
     let mut by_count: Vec<(usize, u64)> = counts.iter().map(|(n, c)| (*c, *n)).collect();
     by_count.sort_unstable();
-    let emptiest = by_count.clone();
-    by_count.reverse();
-    (by_count, emptiest)
+    let mut pairs = Vec::new();
+    for &(high, from) in by_count.iter().rev() {
+        for &(low, to) in &by_count {
+            if high < low + 2 {
+                break;
+            }
+            pairs.push((from, to));
+        }
+    }
+    pairs
 }
 
 fn balance_replicas(view: &ClusterView) -> Option<Operator> {
-    let counts = view.replica_counts();
-    if spread(&counts) <= 1 {
-        return None;
-    }
-    let (fullest, emptiest) = extremes(&counts);
-    for &(high, from) in &fullest {
-        for &(low, to) in &emptiest {
-            if high < low + 2 {
-                break;
-            }
+    unbalanced_pairs(&view.replica_counts())
+        .into_iter()
+        .find_map(|(from, to)| {
             // Prefer a range `from` does not lead: no leader transfer needed.
-            let candidates = view
+            let r = view
                 .ranges
                 .iter()
-                .filter(|r| movable(view, r) && r.has_replica_on(from) && !r.has_replica_on(to));
-            let pick = candidates.min_by_key(|r| (r.leader == Some(from), r.id));
-            if let Some(r) = pick {
-                return Some(Operator {
-                    range_id: r.id,
-                    action: Action::MoveReplica { from, to },
-                    reason: Reason::ReplicaBalance,
-                });
-            }
-        }
-    }
-    None
+                .filter(|r| movable(view, r) && r.has_replica_on(from) && !r.has_replica_on(to))
+                .min_by_key(|r| (r.leader == Some(from), r.id))?;
+            Some(Operator {
+                range_id: r.id,
+                action: Action::MoveReplica { from, to },
+                reason: Reason::ReplicaBalance,
+            })
+        })
 }
 
 fn balance_leaders(view: &ClusterView) -> Option<Operator> {
-    let counts = view.leader_counts();
-    if spread(&counts) <= 1 {
-        return None;
-    }
-    let (fullest, emptiest) = extremes(&counts);
-    for &(high, from) in &fullest {
-        for &(low, to) in &emptiest {
-            if high < low + 2 {
-                break;
-            }
-            let pick = view.ranges.iter().find(|r| {
+    unbalanced_pairs(&view.leader_counts())
+        .into_iter()
+        .find_map(|(from, to)| {
+            let r = view.ranges.iter().find(|r| {
                 movable(view, r)
                     && r.leader == Some(from)
                     && r.replicas.iter().any(|x| x.node == to && x.voter)
-            });
-            if let Some(r) = pick {
-                return Some(Operator {
-                    range_id: r.id,
-                    action: Action::TransferLeader { from, to },
-                    reason: Reason::LeaderBalance,
-                });
-            }
-        }
-    }
-    None
+            })?;
+            Some(Operator {
+                range_id: r.id,
+                action: Action::TransferLeader { from, to },
+                reason: Reason::LeaderBalance,
+            })
+        })
 }
 
 /// The view as it will be once `op` is done (how the runtime counts operators in flight, and

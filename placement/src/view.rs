@@ -129,19 +129,21 @@ impl ClusterView {
             .is_some_and(|n| n.state == NodeState::Decommissioning)
     }
 
-    /// Replicas hosted per target node (every target listed, with 0 if it hosts none).
-    pub fn replica_counts(&self) -> BTreeMap<u64, usize> {
-        let mut counts: BTreeMap<u64, usize> = self
-            .nodes
+    /// Zero for every target node.
+    fn zero_per_target(&self) -> BTreeMap<u64, usize> {
+        self.nodes
             .keys()
             .filter(|n| self.is_target(**n))
             .map(|n| (*n, 0))
-            .collect();
-        for r in &self.ranges {
-            for rep in &r.replicas {
-                if let Some(c) = counts.get_mut(&rep.node) {
-                    *c += 1;
-                }
+            .collect()
+    }
+
+    /// Replicas hosted per target node (every target listed, with 0 if it hosts none).
+    pub fn replica_counts(&self) -> BTreeMap<u64, usize> {
+        let mut counts = self.zero_per_target();
+        for rep in self.ranges.iter().flat_map(|r| &r.replicas) {
+            if let Some(c) = counts.get_mut(&rep.node) {
+                *c += 1;
             }
         }
         counts
@@ -149,14 +151,9 @@ impl ClusterView {
 
     /// Leaderships per target node (every target listed).
     pub fn leader_counts(&self) -> BTreeMap<u64, usize> {
-        let mut counts: BTreeMap<u64, usize> = self
-            .nodes
-            .keys()
-            .filter(|n| self.is_target(**n))
-            .map(|n| (*n, 0))
-            .collect();
-        for r in &self.ranges {
-            if let Some(c) = r.leader.and_then(|l| counts.get_mut(&l)) {
+        let mut counts = self.zero_per_target();
+        for leader in self.ranges.iter().filter_map(|r| r.leader) {
+            if let Some(c) = counts.get_mut(&leader) {
                 *c += 1;
             }
         }

@@ -22,10 +22,11 @@ async fn a_write_whose_answer_is_lost_after_apply_is_applied_exactly_once() {
     let mut cluster = Cluster::start(3).await;
     let client = cluster.client().await;
     client.put("warm", "up").await.expect("a first write");
-    let leader = cluster
-        .leader(FIRST_USER_RANGE, &[])
-        .await
-        .expect("a leader");
+    // Every node agrees on the leader once the last one has heard from it.
+    let leader = support::eventually("a leader all nodes agree on", || {
+        cluster.leader(FIRST_USER_RANGE, &[])
+    })
+    .await;
 
     // By hand: the first answer is lost, the retry is answered from the session.
     let raw = cluster.raw();

@@ -527,18 +527,9 @@ impl RangeApplier {
     ) -> Result<PutResponse, EngineError> {
         let ikey = keys::data_key(key);
         let prev = overlay.get(&ikey)?;
-        let (create_revision, version) = match &prev {
-            Some(p) => (p.create_revision, p.version + 1),
-            None => (revision, 1),
-        };
         overlay.put(
             ikey,
-            StoredValue {
-                value: value.clone(),
-                create_revision,
-                mod_revision: revision,
-                version,
-            },
+            super::overlay::next_value(prev.as_ref(), value.clone(), revision),
         );
         Ok(PutResponse {
             prev_kv: prev.filter(|_| prev_kv).map(|p| to_kv(key, p)),

@@ -136,3 +136,22 @@ impl<'a> Overlay<'a> {
         }
     }
 }
+
+/// The row that replaces `prev` (or is new) with `value` at `revision`: the creation revision
+/// kept, the version one past the previous one (etcd's `create_revision` / `version`).
+pub(crate) fn next_value(
+    prev: Option<&StoredValue>,
+    value: bytes::Bytes,
+    revision: u64,
+) -> StoredValue {
+    let (create_revision, version) = match prev {
+        Some(p) => (p.create_revision, p.version + 1),
+        None => (revision, 1),
+    };
+    StoredValue {
+        value,
+        create_revision,
+        mod_revision: revision,
+        version,
+    }
+}

@@ -14,7 +14,7 @@ use flotilla_transport::kv::{
 use flotilla_transport::meta::{NodeRecord, RangeDescriptor, RangeRecord};
 use prost::Message as _;
 
-use super::overlay::Overlay;
+use super::overlay::{next_value, Overlay};
 use crate::storage::{keys, Cf, Engine, EngineError};
 
 /// The meta range: the only one that holds routing records.
@@ -82,12 +82,7 @@ pub(crate) fn apply_update(
         }
         overlay.put(
             key,
-            StoredValue {
-                value: record.encode_to_vec().into(),
-                create_revision: old.as_ref().map_or(revision, |o| o.create_revision),
-                mod_revision: revision,
-                version: old.as_ref().map_or(1, |o| o.version + 1),
-            },
+            next_value(old.as_ref(), record.encode_to_vec().into(), revision),
         );
         written += 1;
     }
@@ -126,12 +121,7 @@ pub(crate) fn apply_node_update(
     }
     overlay.put(
         key,
-        StoredValue {
-            value: record.encode_to_vec().into(),
-            create_revision: old.as_ref().map_or(revision, |o| o.create_revision),
-            mod_revision: revision,
-            version: old.as_ref().map_or(1, |o| o.version + 1),
-        },
+        next_value(old.as_ref(), record.encode_to_vec().into(), revision),
     );
     Ok(NodeUpdateResponse { previous })
 }
