@@ -74,6 +74,14 @@ pub fn print(status: &PlacementStatus, json: bool) {
         );
         return;
     }
+    if status.nodes.is_empty() {
+        println!(
+            "placement on node {} (it leads the meta range) is starting: its first round runs \
+             within a second",
+            status.node_id
+        );
+        return;
+    }
     println!(
         "placement on node {} (it leads the meta range): {} ranges; spread of replicas {}, of leaders {}",
         status.node_id, status.ranges, status.replica_spread, status.leader_spread
