@@ -144,13 +144,20 @@ fn repair(view: &ClusterView, range: &RangeView) -> Option<Operator> {
             .and_then(|to| op(Action::AddReplica { to }, Reason::ReplicaCount));
     }
     if voters.len() > wanted {
-        // From the fullest node, not the leader's (a leader's removal would need a transfer).
+        // A voter on a node that is down first, else from the fullest node; never the leader's
+        // (its removal would need a transfer), and never one that leaves fewer live voters than
+        // a quorum of what remains.
+        let live = |n: &u64| view.nodes.get(n).is_some_and(|v| v.live);
         let counts = view.replica_counts();
         let node = voters
             .iter()
             .copied()
             .filter(|n| Some(*n) != range.leader)
-            .max_by_key(|n| (counts.get(n).copied().unwrap_or(0), *n))?;
+            .max_by_key(|n| (!live(n), counts.get(n).copied().unwrap_or(0), *n))?;
+        let live_after = voters.iter().filter(|v| **v != node && live(v)).count();
+        if live_after < (voters.len() - 1) / 2 + 1 {
+            return None;
+        }
         return op(Action::RemoveReplica { node }, Reason::ReplicaCount);
     }
     None

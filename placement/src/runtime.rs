@@ -134,6 +134,7 @@ impl Placement {
                 scheduler: None,
                 client: None,
                 tasks: BTreeMap::new(),
+                next_generation: 0,
                 known: BTreeMap::new(),
                 active_since: Instant::now(),
             };
@@ -192,7 +193,9 @@ struct Runner {
     /// Present while this node leads the meta range.
     scheduler: Option<Scheduler>,
     client: Option<Client>,
-    tasks: BTreeMap<u64, tokio::task::JoinHandle<()>>,
+    /// The running operators' tasks by range, with a generation (unique per task).
+    tasks: BTreeMap<u64, (u64, tokio::task::JoinHandle<()>)>,
+    next_generation: u64,
     /// Each range as placement's last operator on it left it: a routing record older than
     /// that (its leader has not reported yet) is replaced by it in the view, so the counts
     /// include the change, and the range waits (planning on it would redo the change).
@@ -204,8 +207,9 @@ struct Runner {
 /// How long a newly active placement waits before its first plan.
 const SETTLE: Duration = Duration::from_secs(1);
 
-/// An operator's end: its range, how it ended, and the range as its last step left it.
-type Done = (u64, Outcome, Option<RangeDescriptor>);
+/// An operator's end: its range, its task's generation, how it ended, and the range as its
+/// last step left it.
+type Done = (u64, u64, Outcome, Option<RangeDescriptor>);
 
 impl Runner {
     async fn run(mut self, mut stopped: watch::Receiver<bool>) {
@@ -216,7 +220,12 @@ impl Runner {
         loop {
             tokio::select! {
                 _ = stopped.changed() => break,
-                Some((range_id, outcome, epoch)) = done_rx.recv() => {
+                Some((range_id, generation, outcome, epoch)) = done_rx.recv() => {
+                    // A task abandoned (timed out) may still report: not the range's current
+                    // operator, so it changes nothing.
+                    if self.tasks.get(&range_id).map(|(g, _)| *g) != Some(generation) {
+                        continue;
+                    }
                     self.tasks.remove(&range_id);
                     if let Some(descriptor) = epoch {
                         self.known.insert(range_id, descriptor);
@@ -243,7 +252,7 @@ impl Runner {
     }
 
     fn step_down(&mut self) {
-        for (_, task) in std::mem::take(&mut self.tasks) {
+        for (_, (_, task)) in std::mem::take(&mut self.tasks) {
             task.abort();
         }
         if self.scheduler.take().is_some() {
@@ -295,7 +304,7 @@ impl Runner {
             .map(|s| s.overdue(now))
             .unwrap_or_default();
         for range_id in overdue {
-            if let Some(task) = self.tasks.remove(&range_id) {
+            if let Some((_, task)) = self.tasks.remove(&range_id) {
                 task.abort();
             }
             if let Some(s) = self.scheduler.as_mut() {
@@ -332,6 +341,8 @@ impl Runner {
             .increment(1);
             let (client, local, done) = (client.clone(), self.local.clone(), done.clone());
             let range_id = op.range_id;
+            self.next_generation += 1;
+            let generation = self.next_generation;
             let task = tokio::spawn(async move {
                 let kind = op.kind();
                 let mut last = None;
@@ -341,9 +352,9 @@ impl Runner {
                         Err(why) => Outcome::Failed(why),
                     };
                 record_outcome(kind, &outcome);
-                let _ = done.send((op.range_id, outcome, last)).await;
+                let _ = done.send((op.range_id, generation, outcome, last)).await;
             });
-            self.tasks.insert(range_id, task);
+            self.tasks.insert(range_id, (generation, task));
         }
         let status = scheduler.status(now);
         metrics::gauge!("flotilla_placement_operators_running").set(scheduler.running() as f64);

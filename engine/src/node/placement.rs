@@ -256,14 +256,17 @@ pub(crate) async fn register(
             .filter(|id| *id != me)
             .collect();
         for member in members {
-            let answer = transport
-                .call(
-                    member,
-                    "placement.Join",
-                    request.clone().into(),
-                    std::time::Duration::from_secs(10),
-                )
-                .await;
+            let call = transport.call(
+                member,
+                "placement.Join",
+                request.clone().into(),
+                std::time::Duration::from_secs(10),
+            );
+            // A stopping node does not wait out a call (it holds the service and transport).
+            let answer = tokio::select! {
+                _ = stop.changed() => return,
+                answer = call => answer,
+            };
             match answer.map(JoinResponse::decode) {
                 Ok(Ok(joined)) => {
                     for n in &joined.nodes {

@@ -107,6 +107,17 @@ impl Service {
         match method {
             "kv.Write" => {
                 let command = RaftCommand::decode(body).map_err(|e| bad_request("write", e))?;
+                let registers_address = matches!(
+                    command.admin.as_ref().and_then(|a| a.request.as_ref()),
+                    Some(flotilla_transport::kv::admin_request::Request::NodeUpdate(u))
+                        if u.address_only || u.record.as_ref().is_some_and(|r| !r.addr.is_empty())
+                );
+                if registers_address && from_node.is_none() {
+                    return Err(RpcStatus::new(
+                        RpcCode::BadRequest,
+                        "node addresses are registered by the nodes themselves (placement.Join)",
+                    ));
+                }
                 let from_a_client = command.header.as_ref().is_some_and(|h| h.client_id != 0);
                 let response = self.write(command, deadline).await?;
                 if from_a_client {
@@ -169,6 +180,16 @@ impl Service {
             "placement.Heartbeat" => {
                 let beat = flotilla_transport::service::PlacementHeartbeat::decode(body)
                     .map_err(|e| bad_request("heartbeat", e))?;
+                if from_node != Some(beat.node_id) {
+                    return Err(RpcStatus::new(
+                        RpcCode::BadRequest,
+                        format!(
+                            "a node reports for itself only: the caller is {from_node:?}, the \
+                             heartbeat names node {}",
+                            beat.node_id
+                        ),
+                    ));
+                }
                 Ok(self.heartbeat_here(beat).await.encode_to_vec().into())
             }
             "cluster.Info" => Ok(self.cluster_info().await.encode_to_vec().into()),

@@ -437,6 +437,17 @@ impl<S: LogStore> Raft<S> {
 
     // --- Replication ----------------------------------------------------------------------
 
+    /// The commit index as `leader_commit` reports it: 0 (unknown) until this leader has
+    /// committed an entry of its own term. Before that its commit index may be below what an
+    /// earlier leader committed and acknowledged (Raft thesis 6.4), so it proves no freshness.
+    pub(crate) fn known_commit(&self) -> u64 {
+        let committed = self.log.committed;
+        match self.log.term(committed) {
+            Ok(term) if term == self.term => committed,
+            _ => 0,
+        }
+    }
+
     pub(crate) fn new_message(&self, to: u64, msg_type: MessageType) -> Message {
         Message {
             msg_type: msg_type as i32,
@@ -490,7 +501,7 @@ impl<S: LogStore> Raft<S> {
         m.index = prev_index;
         m.log_term = prev_term;
         m.commit = self.log.committed;
-        m.leader_commit = self.log.committed;
+        m.leader_commit = self.known_commit();
         let last_sent = entries.last().map(|e| e.index);
         m.entries = entries;
         let Some(pr) = self.tracker.get_mut(to) else {

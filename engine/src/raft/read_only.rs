@@ -206,7 +206,7 @@ impl<S: LogStore> Raft<S> {
             let mut m = self.new_message(to, MessageType::Heartbeat);
             // A follower may not hold entries past its match index yet.
             m.commit = matched.min(self.log.committed);
-            m.leader_commit = self.log.committed;
+            m.leader_commit = self.known_commit();
             m.read_round = round;
             self.msgs.push(m);
         }

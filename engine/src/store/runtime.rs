@@ -961,7 +961,6 @@ impl Poller {
         match consistency {
             ReadConsistency::Stale
                 if request.max_staleness_ms == 0
-                    || is_leader
                     || self.fresh_enough(range_id, request.max_staleness_ms) =>
             {
                 metrics::counter!("flotilla_store_stale_reads_total", "served" => "local")
@@ -1047,18 +1046,30 @@ impl Poller {
     /// stops within an election timeout of losing its quorum, check-quorum; two allow for the
     /// randomized timeout and message delay) and applied what that leader had committed.
     fn fresh_enough(&mut self, range_id: u64, max_ms: u64) -> bool {
-        let Some(contact) = self.contacts.get(&range_id).copied() else {
+        // Without check-quorum a deposed leader may go on sending for ever: no bound holds,
+        // every such read takes a ReadIndex round.
+        if !self.config.raft.check_quorum {
             return false;
-        };
+        }
+        let election = self.config.tick * self.config.raft.election_timeout_ticks as u32;
+        let budget = Duration::from_millis(max_ms).saturating_sub(election * 2);
         let Some(peer) = self.store.peer_mut(range_id) else {
             return false;
         };
         let status = peer.raft().status();
+        if status.role == Role::Leader {
+            // A leader confirms with a ReadIndex round (or its lease): a quiet leader does not
+            // tick, so check-quorum bounds nothing for it, and a new one may not know the
+            // commit index yet.
+            return false;
+        }
+        let Some(contact) = self.contacts.get(&range_id).copied() else {
+            return false;
+        };
         let applied = peer.applier().applied_index();
-        let election = self.config.tick * self.config.raft.election_timeout_ticks as u32;
-        let budget = Duration::from_millis(max_ms).saturating_sub(election * 2);
-        status.term == contact.term
-            && status.role != Role::Leader
+        // 0: the leader did not know its commit index yet (nothing of its term committed).
+        contact.commit > 0
+            && status.term == contact.term
             && applied >= contact.commit
             && contact.at.elapsed() <= budget
     }
