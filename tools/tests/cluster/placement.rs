@@ -421,3 +421,93 @@ async fn a_hot_range_splits_by_load() {
     client.close().await;
     cluster.stop_all().await;
 }
+
+/// Only a node registers its own address: a client's node update that names an address, or a
+/// heartbeat in another node's name, is refused; a client's decommission (no address) is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_cannot_register_node_addresses_or_heartbeats() {
+    use flotilla_transport::kv::{admin_request, AdminRequest, CommandHeader, NodeUpdate};
+    use flotilla_transport::meta::NodeRecord;
+    use flotilla_transport::service::PlacementHeartbeat;
+    use flotilla_transport::wire::RpcCode;
+    use flotilla_transport::TransportError;
+    use prost::Message as _;
+
+    let mut cluster = Cluster::start_with(3, placed).await;
+    let leader = meta_leader(&cluster).await;
+    let raw = cluster.raw();
+    let hijack = flotilla_transport::kv::RaftCommand {
+        header: Some(CommandHeader {
+            range_id: META_RANGE,
+            epoch: Some(flotilla_transport::meta::RangeEpoch {
+                version: 1,
+                conf_ver: 1,
+            }),
+            ..CommandHeader::default()
+        }),
+        request: None,
+        admin: Some(AdminRequest {
+            request: Some(admin_request::Request::NodeUpdate(NodeUpdate {
+                record: Some(NodeRecord {
+                    node_id: 2,
+                    state: 0,
+                    addr: "127.0.0.1:9".into(),
+                }),
+                address_only: true,
+            })),
+        }),
+    };
+    let refused = raw
+        .call(
+            cluster.addr(leader),
+            "kv.Write",
+            hijack.encode_to_vec().into(),
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(
+        matches!(
+            &refused,
+            Err(TransportError::Rpc {
+                code: RpcCode::BadRequest,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    let forged = PlacementHeartbeat {
+        node_id: 2,
+        ..PlacementHeartbeat::default()
+    };
+    let refused = raw
+        .call(
+            cluster.addr(leader),
+            "placement.Heartbeat",
+            forged.encode_to_vec().into(),
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(
+        matches!(
+            &refused,
+            Err(TransportError::Rpc {
+                code: RpcCode::BadRequest,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    // A state change without an address is an operator's to make.
+    let client = cluster.client().await;
+    client
+        .set_node_state(3, flotilla_client::NodeState::Decommissioning)
+        .await
+        .expect("decommission");
+    client
+        .set_node_state(3, flotilla_client::NodeState::Active)
+        .await
+        .expect("recommission");
+    client.close().await;
+    raw.close().await;
+    cluster.stop_all().await;
+}
