@@ -613,14 +613,14 @@ async fn bounded_staleness_reads_are_local_only_while_provably_fresh() {
     // Election timeout 10 ticks of 20 ms: 1,500 ms leaves 1,100 ms after the last contact.
     const MAX_MS: u64 = 1_500;
     const BUDGET: Duration = Duration::from_millis(1_100);
-    let fresh = eventually("a local stale read", || async {
+    let served = || async {
         cluster
             .read_stale_on(follower, "s", MAX_MS, Duration::from_millis(500))
             .await
             .ok()
             .flatten()
-    })
-    .await;
+    };
+    let fresh = eventually("a local stale read", served).await;
     assert_eq!(&fresh[..], b"1");
     cluster.partition(&[follower]);
     let cut = Instant::now();
@@ -654,14 +654,7 @@ async fn bounded_staleness_reads_are_local_only_while_provably_fresh() {
     );
     eprintln!("cut off: served locally until {served_after_cut:?}, refused from {refused:?}");
     cluster.heal();
-    eventually("stale reads again after the heal", || async {
-        cluster
-            .read_stale_on(follower, "s", MAX_MS, Duration::from_millis(500))
-            .await
-            .ok()
-            .flatten()
-    })
-    .await;
+    eventually("stale reads again after the heal", served).await;
     client.close().await;
     cluster.stop_all().await;
 }

@@ -147,6 +147,21 @@ async fn operators_started(client: &flotilla_client::Client, addr: std::net::Soc
     status.operators.iter().map(|o| o.started).sum()
 }
 
+/// 3 members and `joiners` nodes that join empty, `ranges` user ranges, placement on; returns
+/// once replicas and leaders are balanced over every node, with the time that took.
+async fn balanced_cluster(joiners: u64, ranges: u32) -> (Cluster, Duration) {
+    let cluster = Cluster::start_joining(3, joiners, |c| {
+        placed(c);
+        c.initial_ranges = ranges;
+    })
+    .await;
+    let took = within(Duration::from_secs(90), "a balanced cluster", || async {
+        balanced(&cluster).await
+    })
+    .await;
+    (cluster, took)
+}
+
 /// 3 nodes, 300 user ranges, every election won by node 1 (the others wait 5x longer):
 /// placement spreads the leaders to within one per node, and then issues nothing more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,17 +214,7 @@ async fn all_leaders_on_one_node_are_balanced_then_placement_rests() {
 /// is killed: after down-time every range has 3 voters on live nodes again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_node_of_five_has_its_replicas_recreated() {
-    let mut cluster = Cluster::start_joining(3, 2, |c| {
-        placed(c);
-        c.initial_ranges = 20;
-    })
-    .await;
-    let spread_out = within(
-        Duration::from_secs(90),
-        "replicas on all five nodes",
-        || async { balanced(&cluster).await },
-    )
-    .await;
+    let (mut cluster, spread_out) = balanced_cluster(2, 20).await;
     eprintln!(
         "21 ranges balanced over 5 nodes in {spread_out:?}: {:?}",
         per_node(&cluster).await
@@ -234,17 +239,7 @@ async fn a_dead_node_of_five_has_its_replicas_recreated() {
 /// node is within one of the others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_node_receives_replicas_and_leaders() {
-    let mut cluster = Cluster::start_joining(3, 1, |c| {
-        placed(c);
-        c.initial_ranges = 30;
-    })
-    .await;
-    let took = within(
-        Duration::from_secs(90),
-        "a balanced fourth node",
-        || async { balanced(&cluster).await },
-    )
-    .await;
+    let (mut cluster, took) = balanced_cluster(1, 30).await;
     let counts = per_node(&cluster).await;
     eprintln!("node 4 took its share in {took:?}: {counts:?}");
     assert!(counts[&4].0 >= 23 && counts[&4].1 >= 7, "{counts:?}");
@@ -255,15 +250,7 @@ async fn a_new_node_receives_replicas_and_leaders() {
 /// hold three each, and the history stays linearizable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decommissioned_node_ends_empty_under_load() {
-    let mut cluster = Cluster::start_joining(3, 1, |c| {
-        placed(c);
-        c.initial_ranges = 8;
-    })
-    .await;
-    within(Duration::from_secs(90), "four balanced nodes", || async {
-        balanced(&cluster).await
-    })
-    .await;
+    let (mut cluster, _) = balanced_cluster(1, 8).await;
     let client = Arc::new(cluster.client().await);
     let load = Load::start(client.clone(), "d", 4);
     load.wait_for_more(50, "operations before the decommission")
@@ -296,15 +283,7 @@ async fn a_decommissioned_node_ends_empty_under_load() {
 /// re-creates the dead node's replicas on the fourth node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn placement_resumes_on_the_new_meta_leader() {
-    let mut cluster = Cluster::start_joining(3, 1, |c| {
-        placed(c);
-        c.initial_ranges = 10;
-    })
-    .await;
-    within(Duration::from_secs(90), "four balanced nodes", || async {
-        balanced(&cluster).await
-    })
-    .await;
+    let (mut cluster, _) = balanced_cluster(1, 10).await;
     let old = meta_leader(&cluster).await;
     cluster.crash(old).await;
     let live = cluster.live();
