@@ -52,7 +52,7 @@ bench-cluster: setup
 	$(CARGO) build --release -p flotilla-tools --bin flotilla
 	@$(CARGO) run --release -q -p flotilla-tools --bin flotilla -- cluster down --dir $(BENCH_DIR) >/dev/null 2>&1 || true
 	rm -rf $(BENCH_DIR)
-	$(CARGO) run --release -q -p flotilla-tools --bin flotilla -- cluster up --dir $(BENCH_DIR) --detach --base-port 7101 --metrics-base-port 9201
+	$(CARGO) run --release -q -p flotilla-tools --bin flotilla -- cluster up --dir $(BENCH_DIR) --detach --base-port 7101 --status-base-port 9201
 	set -a && . $(BENCH_DIR)/env && set +a && $(CARGO) run --release -q -p flotilla-tools --bin flotilla -- bench --writers 64 --value-size 256 --seconds $${SECONDS_RUN:-20}; \
 	  status=$$?; $(CARGO) run --release -q -p flotilla-tools --bin flotilla -- cluster down --dir $(BENCH_DIR); exit $$status
 

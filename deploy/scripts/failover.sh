@@ -21,7 +21,7 @@ cleanup() { "$bin" cluster down --dir "$dir" >/dev/null 2>&1 || true; rm -rf "$d
 trap cleanup EXIT
 
 "$bin" cluster up --nodes 3 --ranges "$ranges" --dir "$dir" --detach \
-  --base-port $base_port --metrics-base-port $metrics_port >/dev/null
+  --base-port $base_port --status-base-port $metrics_port >/dev/null
 total=$((ranges + 1))
 wait_quiet $metrics_port 3 $total
 set -a && . "$dir/env" && set +a

@@ -31,7 +31,7 @@ measure() {
   local n=$1
   rm -rf "$dir/run"
   "$bin" cluster up --nodes 3 --ranges "$n" --dir "$dir/run" --detach \
-    --base-port $base_port --metrics-base-port $metrics_port >/dev/null
+    --base-port $base_port --status-base-port $metrics_port >/dev/null
   wait_quiet $metrics_port 3 $((n + 1))
   mapfile -t pids < <(awk '{ print $2 }' "$dir/run/pids")
   local before=() after=() rss=0 cpu_max=0

@@ -32,7 +32,7 @@ cleanup() {
 trap cleanup EXIT
 
 "$bin" cluster up --nodes 3 --ranges "$ranges" --dir "$dir" --detach --cluster-id $cluster_id \
-  --base-port $base_port --metrics-base-port $metrics_port >/dev/null
+  --base-port $base_port --status-base-port $metrics_port >/dev/null
 set -a && . "$dir/env" && set +a
 total=$((ranges + 1))
 
@@ -74,7 +74,7 @@ before=$(status | jq '[.operators[] | .started] | add')
 mkdir -p "$dir/n4"
 sed -e 's/^node-id = .*/node-id = 4/' \
     -e "s/^listen = .*/listen = \"127.0.0.1:$((base_port + 3))\"/" \
-    -e "s/^metrics-addr = .*/metrics-addr = \"127.0.0.1:$((metrics_port + 3))\"/" \
+    -e "s/^status-addr = .*/status-addr = \"127.0.0.1:$((metrics_port + 3))\"/" \
     -e 's#n3\(-key\)\?\.pem#n4\1.pem#' "$dir/n3/flotilla.toml" > "$dir/n4/flotilla.toml"
 start=$(now_ms)
 (cd "$dir/n4" && exec "$bin" server --config flotilla.toml --join "127.0.0.1:$base_port" >>server.log 2>&1) &

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what a fresh machine lacks to build Flotilla: libclang (RocksDB's bindings run
-# bindgen) and a C++ compiler. As root it installs with apt-get; otherwise it prints the exact
-# command and fails.
+# Installs what a fresh machine lacks to build and test Flotilla: libclang (RocksDB's bindings
+# run bindgen), a C++ compiler, and Prometheus with promtool (the observability tests run a
+# real Prometheus against a local cluster and check the shipped rules). As root it installs
+# with apt-get; otherwise it prints the exact command and fails.
 set -euo pipefail
 
 # libclang proper (libclang.so or libclang-NN.so), not libclang-cpp, which bindgen cannot use.
@@ -17,6 +18,7 @@ have_libclang() {
 missing=()
 have_libclang || missing+=(libclang-dev clang)
 command -v c++ >/dev/null || missing+=(g++)
+{ [ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ]; } || missing+=(prometheus)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0

@@ -4,6 +4,7 @@
 
 pub mod check;
 pub mod kv;
+pub mod metrics;
 pub mod node;
 pub mod raft;
 pub mod storage;

@@ -26,6 +26,6 @@ pub mod view;
 
 pub use self::operator::{Action, Operator, OperatorKind, Reason, Step};
 pub use self::policy::{project, schedule};
-pub use self::runtime::{Local, Placement, PlacementConfig};
+pub use self::runtime::{describe_metrics, Local, Placement, PlacementConfig};
 pub use self::scheduler::{Outcome, Scheduler, SchedulerConfig, Status};
 pub use self::view::{ClusterView, NodeState, NodeView, PolicyConfig, RangeView, ReplicaView};

@@ -592,3 +592,50 @@ async fn run_step(
             .map(|(left, _)| Some(left)),
     }
 }
+
+/// Describes placement's metrics and starts their series at 0 (every node exports them;
+/// `flotilla_placement_active` says which one runs placement).
+pub fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_gauge!(
+        "flotilla_placement_active",
+        "1 on the node running placement (the meta range's leader), else 0"
+    );
+    describe_gauge!(
+        "flotilla_placement_operators_running",
+        "Placement operators in flight"
+    );
+    describe_counter!(
+        "flotilla_placement_operators_started_total",
+        "Placement operators started, by kind"
+    );
+    describe_counter!(
+        "flotilla_placement_operators_finished_total",
+        "Placement operators that completed, by kind"
+    );
+    describe_counter!(
+        "flotilla_placement_operators_failed_total",
+        "Placement operators that failed or timed out, by kind"
+    );
+    describe_gauge!(
+        "flotilla_placement_replica_spread",
+        "Replicas on the fullest target node minus on the emptiest (placement's node only)"
+    );
+    describe_gauge!(
+        "flotilla_placement_leader_spread",
+        "Leaders on the busiest target node minus on the least busy (placement's node only)"
+    );
+    metrics::gauge!("flotilla_placement_active").set(0.0);
+    metrics::gauge!("flotilla_placement_operators_running").set(0.0);
+    metrics::gauge!("flotilla_placement_replica_spread").set(0.0);
+    metrics::gauge!("flotilla_placement_leader_spread").set(0.0);
+    for kind in crate::OperatorKind::ALL {
+        for name in [
+            "flotilla_placement_operators_started_total",
+            "flotilla_placement_operators_finished_total",
+            "flotilla_placement_operators_failed_total",
+        ] {
+            metrics::counter!(name, "kind" => kind.as_str()).absolute(0);
+        }
+    }
+}

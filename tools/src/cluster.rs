@@ -25,7 +25,7 @@ pub struct UpOptions {
     pub detach: bool,
     pub cluster_id: String,
     pub base_port: u16,
-    pub metrics_base_port: u16,
+    pub status_base_port: u16,
     pub ranges: u32,
 }
 
@@ -161,7 +161,7 @@ pub async fn up(o: UpOptions) -> anyhow::Result<()> {
             initial_cluster: initial_cluster.clone(),
             initial_ranges: o.ranges,
             join: false,
-            metrics_addr: format!("127.0.0.1:{}", u64::from(o.metrics_base_port) + id - 1),
+            status_addr: format!("127.0.0.1:{}", u64::from(o.status_base_port) + id - 1),
             tls: crate::config::TlsFiles {
                 ca: "../certs/ca.pem".into(),
                 cert: format!("../certs/n{id}.pem").into(),
@@ -229,7 +229,7 @@ pub async fn up(o: UpOptions) -> anyhow::Result<()> {
     for id in 1..=o.nodes {
         println!(
             "  node {id}: metrics http://127.0.0.1:{}/metrics, log {}/n{id}/server.log",
-            u64::from(o.metrics_base_port) + id - 1,
+            u64::from(o.status_base_port) + id - 1,
             dir.display()
         );
     }

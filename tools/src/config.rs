@@ -1,6 +1,6 @@
 //! `flotilla.toml`: the server's settings, every one with a default (DESIGN sections 11, 12).
-//! `DEFAULT_CONFIG` is the documented file `flotilla config` prints; a test keeps it equal to
-//! the defaults in code.
+//! `DEFAULT_CONFIG` is the documented file `flotilla config` prints, shipped as
+//! `deploy/flotilla.toml`; a test keeps it equal to the defaults in code.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,106 +18,7 @@ use flotilla_transport::TransportConfig;
 use serde::{Deserialize, Serialize};
 
 /// The documented default configuration.
-pub const DEFAULT_CONFIG: &str = r#"# flotilla.toml: the settings of one node. Every value shown is the default.
-# Flags of `flotilla server` override the file (see `flotilla server --help`).
-
-# The cluster's name: part of every certificate name; a node or client of another cluster is
-# refused. 1-63 lowercase letters, digits and '-'.
-cluster-id = "flotilla"
-# This node's id (>= 1), unique in the cluster. Required.
-node-id = 0
-# Where this node keeps its data (one RocksDB instance for all its ranges).
-data-dir = "./data"
-# The address peers and clients reach this node at (QUIC, UDP).
-listen = "127.0.0.1:7001"
-# Every initial member as `id=host:port`, comma-separated (like etcd's --initial-cluster). A
-# node with an empty data directory that is named here creates ranges 1 and 2 with all of them.
-initial-cluster = ""
-# User ranges a new cluster starts with: the keyspace pre-split at evenly spaced key prefixes
-# (two bytes up to 65536 ranges, three beyond; at most 1048576). Must be the same on every
-# initial member; ignored after bootstrap.
-initial-ranges = 1
-# Not an initial member: start with no range, register this node's address with the members
-# `initial-cluster` names (any of them suffices), and receive replicas from placement (or an
-# operator's `replica add`). The node id must be new to the cluster and named by this node's
-# certificate (`flotilla certs create --nodes N` adds the certificates up to node N).
-join = false
-# Where Prometheus scrapes this node's metrics (HTTP); empty: no metrics endpoint.
-metrics-addr = ""
-# Log filter (tracing's env-filter syntax; RUST_LOG overrides) and format: "text" or "json".
-log-filter = "info"
-log-format = "text"
-
-[tls]
-# The cluster CA certificate, this node's certificate and its private key (PEM files), as
-# written by `flotilla certs` or `flotilla cluster up`. Required.
-ca = ""
-cert = ""
-key = ""
-
-[raft]
-# The Raft tick. Elections, heartbeats and leases are counted in ticks.
-tick-ms = 100
-# A follower campaigns after a random timeout in [t, 2t) ticks without a leader.
-election-timeout-ticks = 10
-heartbeat-interval-ticks = 1
-pre-vote = true
-check-quorum = true
-# Serve linearizable reads from the leader's lease without a heartbeat round.
-lease-reads = false
-max-inflight-msgs = 32
-max-size-per-msg-bytes = 1048576
-max-uncommitted-size-bytes = 67108864
-
-[store]
-# Poller threads: each runs a share of the ranges, with one synced write per round.
-pollers = 2
-# Commands a poller's mailbox holds; beyond, Raft messages are dropped and requests refused
-# with SERVER_BUSY.
-mailbox-capacity = 65536
-max-pending-requests = 65536
-snapshot-chunk-bytes = 1048576
-# Snapshots this node builds and streams at once (each holds a whole range in memory).
-max-snapshot-sends = 4
-# Log GC: a range keeping more applied log entries than this releases them; a follower that
-# falls further behind catches up by snapshot.
-log-gc-threshold-entries = 10000
-# Quiesce idle ranges: no ticks and no heartbeats until traffic returns; node liveness wakes
-# the followers of a leader whose node went down, at most max-wakeups-per-tick ranges a tick.
-quiesce = true
-max-wakeups-per-tick = 1000
-# A range splits at its middle key once its data passes this size (0: never).
-split-size-bytes = 67108864
-entry-cache-bytes = 268435456
-entry-cache-bytes-per-range = 4194304
-# How long a graceful shutdown (SIGTERM) waits for leaderships to move away.
-shutdown-timeout-ms = 5000
-
-[kv]
-# Must be the same on every node.
-max-key-bytes = 8192
-max-value-bytes = 8388608
-max-txn-ops = 128
-session-ttl-ms = 3600000
-max-clock-skew-ms = 60000
-
-[placement]
-# Runs on the node that leads the meta range: balances leaders and replicas, re-creates the
-# replicas of a node down longer than down-time-ms, drains decommissioned nodes.
-enabled = true
-interval-ms = 1000
-# Voters per range.
-replicas = 3
-down-time-ms = 30000
-# Split a range whose leader serves more requests per second than this (0: never).
-split-qps = 0.0
-# Operators at once in the cluster, and touching one node.
-max-operators = 16
-max-operators-per-node = 4
-operator-timeout-ms = 60000
-# A range is not moved for balance again within this time after an operator on it.
-cooldown-ms = 10000
-"#;
+pub const DEFAULT_CONFIG: &str = include_str!("../../deploy/flotilla.toml");
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
@@ -129,9 +30,12 @@ pub struct ServerConfig {
     pub initial_cluster: String,
     pub initial_ranges: u32,
     pub join: bool,
-    pub metrics_addr: String,
+    /// Formerly `metrics-addr`, still read under that name.
+    #[serde(alias = "metrics-addr")]
+    pub status_addr: String,
     pub log_filter: String,
     pub log_format: String,
+    pub slow_request_ms: u64,
     pub tls: TlsFiles,
     pub raft: RaftSection,
     pub store: StoreSection,
@@ -252,9 +156,10 @@ impl Default for ServerConfig {
             initial_cluster: String::new(),
             initial_ranges: 1,
             join: false,
-            metrics_addr: String::new(),
+            status_addr: String::new(),
             log_filter: "info".into(),
             log_format: "text".into(),
+            slow_request_ms: RuntimeConfig::new(1).slow_request.as_millis() as u64,
             tls: TlsFiles::default(),
             raft: RaftSection::default(),
             store: StoreSection::default(),
@@ -315,29 +220,53 @@ impl Default for KvSection {
     }
 }
 
-/// Parses `1=127.0.0.1:7001,2=127.0.0.1:7002`.
+/// Parses `1=127.0.0.1:7001,2=flotilla-1.flotilla:7001`: addresses or host names, which are
+/// resolved now (the first address a name resolves to).
 ///
 /// # Errors
-/// A message naming the bad entry.
-pub fn parse_initial_cluster(s: &str) -> anyhow::Result<BTreeMap<u64, SocketAddr>> {
+/// A message naming the bad entry; [`InitialClusterError::Unresolved`] when a host name does
+/// not resolve (yet: in a StatefulSet the peers' names appear as their pods start).
+pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<u64, SocketAddr>, InitialClusterError> {
     let mut members = BTreeMap::new();
     for entry in s.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let bad = |why: String| InitialClusterError::Invalid(format!("initial-cluster: {why}"));
         let (id, addr) = entry
             .split_once('=')
-            .ok_or_else(|| anyhow!("initial-cluster: {entry:?} is not id=host:port"))?;
+            .ok_or_else(|| bad(format!("{entry:?} is not id=host:port")))?;
         let id: u64 = id
             .trim()
             .parse()
-            .map_err(|e| anyhow!("initial-cluster: node id {id:?}: {e}"))?;
-        let addr: SocketAddr = addr
-            .trim()
-            .parse()
-            .map_err(|e| anyhow!("initial-cluster: address {addr:?}: {e}"))?;
-        if members.insert(id, addr).is_some() {
-            bail!("initial-cluster: node {id} named twice");
+            .map_err(|e| bad(format!("node id {id:?}: {e}")))?;
+        let addr = addr.trim();
+        let resolved = match addr.parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                let (host, port) = addr
+                    .rsplit_once(':')
+                    .ok_or_else(|| bad(format!("address {addr:?}: not host:port")))?;
+                if host.is_empty() || port.parse::<u16>().is_err() {
+                    return Err(bad(format!("address {addr:?}: not host:port")));
+                }
+                use std::net::ToSocketAddrs as _;
+                addr.to_socket_addrs()
+                    .ok()
+                    .and_then(|mut a| a.next())
+                    .ok_or_else(|| InitialClusterError::Unresolved(addr.to_string()))?
+            }
+        };
+        if members.insert(id, resolved).is_some() {
+            return Err(bad(format!("node {id} named twice")));
         }
     }
     Ok(members)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitialClusterError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("initial-cluster: host {0:?} does not resolve")]
+    Unresolved(String),
 }
 
 fn read_file(path: &Path, field: &str) -> anyhow::Result<Vec<u8>> {
@@ -442,6 +371,7 @@ impl ServerConfig {
         runtime.quiesce = self.store.quiesce;
         runtime.max_wakeups_per_tick = self.store.max_wakeups_per_tick;
         runtime.split_size_bytes = self.store.split_size_bytes;
+        runtime.slow_request = Duration::from_millis(self.slow_request_ms);
         let mut engine = EngineConfig::new(
             resolve(&self.data_dir),
             self.cluster_id.clone(),

@@ -5,6 +5,7 @@ mod config;
 mod load;
 mod placement;
 mod server;
+mod status;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -190,9 +191,9 @@ struct ServerArgs {
     /// Overrides `initial-cluster`.
     #[arg(long, env = "FLOTILLA_INITIAL_CLUSTER")]
     initial_cluster: Option<String>,
-    /// Overrides `metrics-addr`.
-    #[arg(long, env = "FLOTILLA_METRICS_ADDR")]
-    metrics_addr: Option<String>,
+    /// Overrides `status-addr` (the HTTP port of /metrics, /health, /ready, /status).
+    #[arg(long, alias = "metrics-addr", env = "FLOTILLA_STATUS_ADDR")]
+    status_addr: Option<String>,
     /// Overrides `log-format` ("text" or "json").
     #[arg(long, env = "FLOTILLA_LOG_FORMAT")]
     log_format: Option<String>,
@@ -218,8 +219,9 @@ enum ClusterCmd {
         cluster_id: String,
         #[arg(long, default_value = "7001", env = "FLOTILLA_BASE_PORT")]
         base_port: u16,
-        #[arg(long, default_value = "9101", env = "FLOTILLA_METRICS_BASE_PORT")]
-        metrics_base_port: u16,
+        /// Node N serves /metrics, /health, /ready and /status at this port + N - 1.
+        #[arg(long, alias = "metrics-base-port", default_value = "9101", env = "FLOTILLA_STATUS_BASE_PORT")]
+        status_base_port: u16,
         /// User ranges a new cluster starts with (a pre-split keyspace).
         #[arg(long, default_value = "1", env = "FLOTILLA_RANGES")]
         ranges: u32,
@@ -258,8 +260,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(v) = args.initial_cluster {
                 config.initial_cluster = v;
             }
-            if let Some(v) = args.metrics_addr {
-                config.metrics_addr = v;
+            if let Some(v) = args.status_addr {
+                config.status_addr = v;
             }
             if let Some(v) = args.log_format {
                 config.log_format = v;
@@ -277,7 +279,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 detach,
                 cluster_id,
                 base_port,
-                metrics_base_port,
+                status_base_port,
                 ranges,
             } => {
                 cluster::up(cluster::UpOptions {
@@ -286,7 +288,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     detach,
                     cluster_id,
                     base_port,
-                    metrics_base_port,
+                    status_base_port,
                     ranges,
                 })
                 .await

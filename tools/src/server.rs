@@ -5,33 +5,9 @@ use std::path::Path;
 
 use anyhow::{anyhow, Context};
 use flotilla_engine::node::Node;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::ServerConfig;
-
-/// Buckets of every `_seconds` histogram: 50 µs .. 10 s.
-const SECONDS_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0,
-];
-/// Buckets of counts (ranges per group commit, messages per batch).
-const COUNT_BUCKETS: &[f64] = &[
-    1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0,
-];
-/// Buckets of sizes in bytes: 256 B .. 64 MiB.
-const BYTES_BUCKETS: &[f64] = &[
-    256.0,
-    1024.0,
-    4096.0,
-    16384.0,
-    65536.0,
-    262_144.0,
-    1_048_576.0,
-    4_194_304.0,
-    16_777_216.0,
-    67_108_864.0,
-];
 
 pub fn init_logging(filter: &str, format: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
@@ -45,22 +21,6 @@ pub fn init_logging(filter: &str, format: &str) {
     } else {
         builder.try_init()
     };
-}
-
-/// Serves Prometheus metrics on `addr`, with explicit histogram buckets.
-///
-/// # Errors
-/// When the listener cannot start.
-pub fn install_metrics(addr: SocketAddr) -> anyhow::Result<()> {
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)?
-        .set_buckets_for_metric(Matcher::Suffix("_ranges".into()), COUNT_BUCKETS)?
-        .set_buckets_for_metric(Matcher::Suffix("_messages".into()), COUNT_BUCKETS)?
-        .set_buckets_for_metric(Matcher::Suffix("_bytes".into()), BYTES_BUCKETS)?
-        .install()
-        .map_err(|e| anyhow!("metrics-addr {addr}: {e}"))?;
-    Ok(())
 }
 
 /// Runs a node from `config` (file paths relative to `config_path`'s directory).
@@ -85,18 +45,29 @@ pub async fn run(
             .collect::<Vec<_>>()
             .join(",");
     }
+    wait_resolvable(&config.initial_cluster).await;
     let node_config = config.node_config(base)?;
-    if !config.metrics_addr.is_empty() {
+    let status = if config.status_addr.is_empty() {
+        None
+    } else {
         let addr: SocketAddr = config
-            .metrics_addr
+            .status_addr
             .parse()
-            .map_err(|e| anyhow!("metrics-addr: {:?}: {e}", config.metrics_addr))?;
-        install_metrics(addr)?;
-        tracing::info!(node = config.node_id, %addr, "metrics at http://{addr}/metrics");
-    }
+            .map_err(|e| anyhow!("status-addr: {:?}: {e}", config.status_addr))?;
+        let state = crate::status::serve(addr, crate::status::install_recorder()?).await?;
+        tracing::info!(
+            node = config.node_id,
+            %addr,
+            "status port: http://{addr}/metrics, /health, /ready, /status"
+        );
+        Some(state)
+    };
     let node = Node::start(node_config)
         .await
         .with_context(|| format!("node {} cannot start", config.node_id))?;
+    if let Some(status) = &status {
+        status.set_node(Some(node.probe()));
+    }
     let halted = async {
         let mut every = tokio::time::interval(std::time::Duration::from_millis(200));
         while !node.is_halted() {
@@ -107,9 +78,17 @@ pub async fn run(
         r = wait_for_signal() => { r?; false }
         () = halted => true,
     };
+    // The status port keeps reporting while the node stops (`/ready` says it is stopping),
+    // then lets go of it so its storage closes.
+    let release = |status: &Option<crate::status::StatusState>| {
+        if let Some(status) = status {
+            status.set_node(None);
+        }
+    };
     if halt {
         let mut node = node;
         node.stop_now().await;
+        release(&status);
         anyhow::bail!(
             "node {} halted (storage failure or internal error): see the log above; restart it \
              once the cause is fixed",
@@ -121,6 +100,7 @@ pub async fn run(
         "shutting down: moving leaderships away"
     );
     let report = node.shutdown().await;
+    release(&status);
     tracing::info!(
         node = config.node_id,
         leaders_left = report.leaders_left,
@@ -128,6 +108,33 @@ pub async fn run(
         "stopped"
     );
     Ok(())
+}
+
+/// Waits up to a minute for the host names of `initial-cluster` to resolve (in a StatefulSet a
+/// peer's name appears once its pod starts); a name that never resolves is reported by
+/// `node_config`.
+async fn wait_resolvable(initial_cluster: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut told = false;
+    loop {
+        let members = initial_cluster.to_string();
+        let parsed = tokio::task::spawn_blocking(move || {
+            crate::config::parse_initial_cluster(&members).map(|_| ())
+        })
+        .await;
+        match parsed {
+            Ok(Err(crate::config::InitialClusterError::Unresolved(host)))
+                if std::time::Instant::now() < deadline =>
+            {
+                if !told {
+                    tracing::info!(%host, "waiting for the initial members' names to resolve");
+                    told = true;
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            _ => return,
+        }
+    }
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

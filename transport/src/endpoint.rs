@@ -373,6 +373,7 @@ fn peer(inner: &Arc<Inner>, node_id: u64) -> Arc<Peer> {
         snapshot_streams: tokio::sync::Semaphore::new(inner.config.max_snapshot_streams_per_peer),
     });
     peers.insert(node_id, p.clone());
+    crate::stats::peer_added(node_id);
     inner.runtime.spawn(flusher(inner.clone(), p.clone(), rx));
     p
 }

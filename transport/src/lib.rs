@@ -57,7 +57,7 @@ pub use self::client::ClientEndpoint;
 pub use self::config::TransportConfig;
 pub use self::endpoint::{BoxFuture, Sink, SnapshotChunks, Transport};
 pub use self::error::{RpcStatus, TransportError};
-pub use self::stats::Stats;
+pub use self::stats::{describe_metrics, Stats};
 
 #[cfg(test)]
 mod tests {

@@ -9,7 +9,10 @@
 
 mod net;
 mod placement;
+mod probe;
 mod service;
+
+pub use self::probe::{NodeProbe, PeerState};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -378,6 +381,13 @@ impl Node {
     /// Learns where node `node_id` listens (a node that joined after the initial members).
     pub fn add_peer(&self, node_id: u64, addr: SocketAddr) {
         self.service.learn_peer(node_id, addr);
+    }
+
+    /// A handle for the node's status port (what it hosts, which peers it hears).
+    pub fn probe(&self) -> NodeProbe {
+        NodeProbe {
+            service: self.service.clone(),
+        }
     }
 
     pub fn engine(&self) -> &Arc<Engine> {

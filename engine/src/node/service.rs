@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use flotilla_transport::kv::{
-    write_request, ErrorCode, KvError as WireError, RaftCommand, WriteResponse,
+    ErrorCode, KvError as WireError, RaftCommand, WriteResponse,
 };
 use flotilla_transport::service::{
-    read_request, read_response, ClusterInfo, NodeInfo, NodeStatus, RangeInfo, ReadRequest,
+    read_response, ClusterInfo, NodeInfo, NodeStatus, RangeInfo, ReadRequest,
     ReadResponse,
 };
 use flotilla_transport::wire::RpcCode;
@@ -55,24 +55,6 @@ pub(crate) struct Service {
 
 fn bad_request(what: &str, e: impl std::fmt::Display) -> RpcStatus {
     RpcStatus::new(RpcCode::BadRequest, format!("undecodable {what}: {e}"))
-}
-
-fn op_of_write(command: &RaftCommand) -> &'static str {
-    match command.request.as_ref().and_then(|r| r.request.as_ref()) {
-        Some(write_request::Request::Put(_)) => "put",
-        Some(write_request::Request::Delete(_)) => "delete",
-        Some(write_request::Request::DeleteRange(_)) => "delete_range",
-        Some(write_request::Request::Txn(_)) => "txn",
-        None => "unknown",
-    }
-}
-
-fn op_of_read(request: &ReadRequest) -> &'static str {
-    match request.request {
-        Some(read_request::Request::Get(_)) => "get",
-        Some(read_request::Request::Scan(_)) => "scan",
-        None => "unknown",
-    }
 }
 
 fn error_kind(code: i32) -> &'static str {
@@ -433,7 +415,7 @@ impl Service {
         deadline: Instant,
     ) -> Result<WriteResponse, RpcStatus> {
         let started = Instant::now();
-        let op = op_of_write(&command);
+        let op = crate::store::write_op(&command);
         let result = Self::answer(self.handle.write(command, deadline), deadline).await?;
         let response = match result {
             Ok(response) => response,
@@ -458,7 +440,7 @@ impl Service {
         deadline: Instant,
     ) -> Result<ReadResponse, RpcStatus> {
         let started = Instant::now();
-        let op = op_of_read(&request);
+        let op = crate::store::read_op(&request);
         let result = Self::answer(self.handle.read(request, deadline), deadline).await?;
         let response = match result {
             Ok(response) => response,

@@ -86,6 +86,8 @@ pub struct Peer {
     pending_snapshot: Option<ReceivedSnapshot>,
     /// Quiesced: not ticked until traffic returns (DESIGN section 7).
     quiet: bool,
+    /// The leader of the last soft state (0: none), for `flotilla_raft_leader_changes_seen_total`.
+    leader_seen: u64,
 }
 
 impl std::fmt::Debug for Peer {
@@ -139,6 +141,7 @@ impl Peer {
             kv,
             pending_snapshot: None,
             quiet: false,
+            leader_seen: 0,
         })
     }
 
@@ -271,6 +274,13 @@ impl Peer {
             return Ok(None);
         }
         let mut ready = self.raw.ready()?;
+        if let Some(soft) = ready.soft_state {
+            // As etcd counts them: a leader that is known and not the one seen last.
+            if soft.leader_id != 0 && soft.leader_id != self.leader_seen {
+                metrics::counter!("flotilla_raft_leader_changes_seen_total").increment(1);
+            }
+            self.leader_seen = soft.leader_id;
+        }
         let snapshot = match &ready.snapshot {
             Some(_) => Some(
                 self.pending_snapshot

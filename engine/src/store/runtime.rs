@@ -40,6 +40,7 @@ use tokio::sync::oneshot;
 use super::events::SnapshotReceipt;
 use super::load::{LoadCounter, RangeLoad};
 use super::peer::{prepare_snapshot, PeerError};
+use super::slow::{read_op, write_op, Timing};
 use super::replicas::{
     Command as StoreCommand, Outcome, Proposal, ProposeRefused, Store, StoreRound,
 };
@@ -118,6 +119,9 @@ pub struct RuntimeConfig {
     /// A range led here splits at its middle key once its data passes this size (0: never).
     /// Checked (a read of the range, off the poller) after every quarter of it written.
     pub split_size_bytes: u64,
+    /// Requests slower than this from arrival to answer are logged with their phase times
+    /// (zero: none).
+    pub slow_request: Duration,
 }
 
 impl RuntimeConfig {
@@ -137,6 +141,7 @@ impl RuntimeConfig {
             quiesce: true,
             max_wakeups_per_tick: 1000,
             split_size_bytes: 64 << 20,
+            slow_request: Duration::from_millis(500),
         }
     }
 }
@@ -181,11 +186,13 @@ enum Command {
         command: RaftCommand,
         reply: oneshot::Sender<WriteResult>,
         deadline: Instant,
+        submitted: Instant,
     },
     Read {
         request: ReadRequest,
         reply: oneshot::Sender<ReadResult>,
         deadline: Instant,
+        submitted: Instant,
     },
     With(Box<dyn FnOnce(&mut Store) + Send>),
     /// Node liveness: this node is down; wake the quiet ranges it led or served.
@@ -308,6 +315,7 @@ impl RuntimeHandle {
             command,
             reply,
             deadline,
+            submitted: Instant::now(),
         })
     }
 
@@ -318,6 +326,7 @@ impl RuntimeHandle {
             request,
             reply,
             deadline,
+            submitted: Instant::now(),
         })
     }
 
@@ -484,7 +493,7 @@ struct PendingWrite {
     term: u64,
     reply: oneshot::Sender<WriteResult>,
     deadline: Instant,
-    started: Instant,
+    timing: Timing,
 }
 
 struct PendingRead {
@@ -492,6 +501,7 @@ struct PendingRead {
     request: ReadRequest,
     reply: oneshot::Sender<ReadResult>,
     deadline: Instant,
+    timing: Timing,
 }
 
 struct Poller {
@@ -822,12 +832,14 @@ impl Poller {
                 command,
                 reply,
                 deadline,
-            } => self.propose(command, reply, deadline),
+                submitted,
+            } => self.propose(command, reply, deadline, submitted),
             Command::Read {
                 request,
                 reply,
                 deadline,
-            } => self.start_read(request, reply, deadline),
+                submitted,
+            } => self.start_read(request, reply, deadline, submitted),
             Command::With(f) => f(&mut self.store),
             Command::NodeDown(node) => self.node_down(node),
             Command::NodeUp(node) => {
@@ -872,10 +884,16 @@ impl Poller {
         command: RaftCommand,
         reply: oneshot::Sender<WriteResult>,
         deadline: Instant,
+        submitted: Instant,
     ) {
         if let Some(header) = &command.header {
             self.load.write(header.range_id);
         }
+        let timing = Timing::new(
+            write_op(&command),
+            command.header.as_ref().map_or(0, |h| h.range_id),
+            submitted,
+        );
         let operation = match (command.request, command.admin) {
             (Some(r), None) if r.request.is_some() => Some(StoreCommand::Write(r)),
             (None, Some(a)) if a.request.is_some() => Some(StoreCommand::Admin(a)),
@@ -907,7 +925,7 @@ impl Poller {
                         term: ticket.term,
                         reply,
                         deadline,
-                        started: Instant::now(),
+                        timing,
                     },
                 );
                 // The index was proposed again in a later term: the earlier entry there was
@@ -936,7 +954,9 @@ impl Poller {
         request: ReadRequest,
         reply: oneshot::Sender<ReadResult>,
         deadline: Instant,
+        submitted: Instant,
     ) {
+        let timing = Timing::new(read_op(&request), request.range_id, submitted);
         if let Err(e) = self.precheck(request.request.is_some(), "read") {
             let _ = reply.send(Err(e.into()));
             return;
@@ -996,6 +1016,7 @@ impl Poller {
                         request,
                         reply,
                         deadline,
+                        timing,
                     },
                 );
             }
@@ -1099,16 +1120,20 @@ impl Poller {
             let Some(pending) = self.writes.remove(&(ticket.range_id, ticket.index)) else {
                 continue;
             };
-            metrics::histogram!("flotilla_raft_propose_commit_seconds")
-                .record(pending.started.elapsed().as_secs_f64());
-            let result = match outcome {
-                Outcome::Applied(response) if ticket.term == pending.term => Ok(*response),
-                Outcome::Applied(_) | Outcome::Dropped => Err(KvError::ProposalDropped {
-                    range_id: ticket.range_id,
-                }
-                .into()),
-                Outcome::Unknown => Err(KvError::Timeout.into()),
+            metrics::histogram!("flotilla_raft_propose_apply_seconds")
+                .record(pending.timing.started.elapsed().as_secs_f64());
+            let (result, outcome) = match outcome {
+                Outcome::Applied(response) if ticket.term == pending.term => (Ok(*response), "ok"),
+                Outcome::Applied(_) | Outcome::Dropped => (
+                    Err(KvError::ProposalDropped {
+                        range_id: ticket.range_id,
+                    }
+                    .into()),
+                    "dropped",
+                ),
+                Outcome::Unknown => (Err(KvError::Timeout.into()), "unknown"),
             };
+            pending.timing.finish(self.config.slow_request, outcome);
             let _ = pending.reply.send(result);
         }
         for (range_id, state) in reads {
@@ -1116,7 +1141,8 @@ impl Poller {
                 continue;
             };
             let id = u64::from_be_bytes(raw);
-            if self.reads.get(&id).is_some_and(|r| r.range_id == range_id) {
+            if let Some(read) = self.reads.get_mut(&id).filter(|r| r.range_id == range_id) {
+                read.timing.confirmed = Some(Instant::now());
                 self.confirmed
                     .entry(range_id)
                     .or_default()
@@ -1146,6 +1172,7 @@ impl Poller {
         self.confirmed.retain(|_, w| !w.is_empty());
         for id in done {
             if let Some(read) = self.reads.remove(&id) {
+                read.timing.finish(self.config.slow_request, "ok");
                 let _ = read.reply.send(self.store.serve_read(&read.request));
             }
         }
@@ -1256,6 +1283,7 @@ impl Poller {
             .collect();
         for key in expired {
             if let Some(w) = self.writes.remove(&key) {
+                w.timing.finish(self.config.slow_request, "timeout");
                 let _ = w.reply.send(Err(KvError::Timeout.into()));
             }
         }
@@ -1267,6 +1295,7 @@ impl Poller {
             .collect();
         for id in expired {
             if let Some(r) = self.reads.remove(&id) {
+                r.timing.finish(self.config.slow_request, "timeout");
                 let _ = r.reply.send(Err(KvError::Timeout.into()));
             }
         }
@@ -1299,7 +1328,7 @@ impl Poller {
             });
         let node_id = self.config.node_id;
         let ids: Vec<u64> = self.store.range_ids().collect();
-        let (mut leaders, mut lag, mut quiet) = (0u64, 0u64, 0u64);
+        let (mut leaders, mut lag, mut quiet, mut leaderless) = (0u64, 0u64, 0u64, 0u64);
         let mut records = Vec::new();
         let mut led = Vec::new();
         for range_id in &ids {
@@ -1311,6 +1340,7 @@ impl Poller {
             lag += status
                 .committed
                 .saturating_sub(peer.applier().applied_index());
+            leaderless += u64::from(status.leader_id == 0 && status.role != Role::Leader);
             if status.role != Role::Leader {
                 self.reported.remove(range_id);
                 continue;
@@ -1337,6 +1367,8 @@ impl Poller {
             .set(quiet as f64);
         metrics::gauge!("flotilla_store_apply_lag_entries", "poller" => poller.clone())
             .set(lag as f64);
+        metrics::gauge!("flotilla_store_leaderless_ranges", "poller" => poller.clone())
+            .set(leaderless as f64);
         metrics::gauge!("flotilla_store_pending_requests", "poller" => poller)
             .set((self.writes.len() + self.reads.len()) as f64);
         let store = &self.store;

@@ -87,7 +87,8 @@ fn peer_shut_down(inner: &Inner, conn: &Connection) {
                 peer = p.node_id,
                 "peer shut down"
             );
-            inner.sink.peer_state(p.node_id, false);
+            crate::stats::peer_up(p.node_id, false);
+                inner.sink.peer_state(p.node_id, false);
         }
     }
 }
@@ -194,6 +195,7 @@ fn heard_from(inner: &Inner, p: &Peer) {
         up.0 = true;
         drop(up);
         tracing::info!(node = inner.config.node_id, peer = p.node_id, "peer up");
+        crate::stats::peer_up(p.node_id, true);
         inner.sink.peer_state(p.node_id, true);
     }
 }
@@ -379,6 +381,7 @@ pub(super) async fn liveness_monitor(inner: Arc<Inner>) {
                 up.0 = false;
                 drop(up);
                 tracing::warn!(node = inner.config.node_id, peer = p.node_id, "peer down");
+                crate::stats::peer_up(p.node_id, false);
                 inner.sink.peer_state(p.node_id, false);
             }
         }
