@@ -9,7 +9,15 @@
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 
 /// The operations `flotilla_client_*{op}` label.
-pub const CLIENT_OPS: &[&str] = &["get", "scan", "put", "delete", "delete_range", "txn", "admin"];
+pub const CLIENT_OPS: &[&str] = &[
+    "get",
+    "scan",
+    "put",
+    "delete",
+    "delete_range",
+    "txn",
+    "admin",
+];
 
 /// Error kinds every operation can meet; their series start at 0 (the others appear with their
 /// first occurrence).
@@ -76,8 +84,14 @@ pub fn describe_metrics() {
         Unit::Bytes,
         "Size of one group-commit write"
     );
-    describe_gauge!("flotilla_store_ranges", "Replicas this node hosts, by poller");
-    describe_gauge!("flotilla_store_leaders", "Ranges this node leads, by poller");
+    describe_gauge!(
+        "flotilla_store_ranges",
+        "Replicas this node hosts, by poller"
+    );
+    describe_gauge!(
+        "flotilla_store_leaders",
+        "Ranges this node leads, by poller"
+    );
     describe_gauge!(
         "flotilla_store_quiet_ranges",
         "Quiesced replicas (no ticks, no heartbeats), by poller"

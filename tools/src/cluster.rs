@@ -228,7 +228,7 @@ pub async fn up(o: UpOptions) -> anyhow::Result<()> {
     );
     for id in 1..=o.nodes {
         println!(
-            "  node {id}: metrics http://127.0.0.1:{}/metrics, log {}/n{id}/server.log",
+            "  node {id}: status http://127.0.0.1:{}/ (metrics, health, ready, status), log {}/n{id}/server.log",
             u64::from(o.status_base_port) + id - 1,
             dir.display()
         );

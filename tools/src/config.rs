@@ -261,6 +261,15 @@ pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<u64, SocketAddr>, Initi
     Ok(members)
 }
 
+/// The members of `initial-cluster` named by host name rather than address: `(id, host:port)`.
+pub fn named_members(s: &str) -> Vec<(u64, String)> {
+    s.split(',')
+        .filter_map(|e| e.trim().split_once('='))
+        .filter(|(_, addr)| addr.trim().parse::<SocketAddr>().is_err())
+        .filter_map(|(id, addr)| Some((id.trim().parse().ok()?, addr.trim().to_string())))
+        .collect()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum InitialClusterError {
     #[error("{0}")]
@@ -419,6 +428,19 @@ mod tests {
         assert!(parse_initial_cluster("1=127.0.0.1:1,1=127.0.0.1:2").is_err());
         let ok = parse_initial_cluster("1=127.0.0.1:7001, 2=127.0.0.1:7002").expect("ok");
         assert_eq!(ok.len(), 2);
+    }
+
+    #[test]
+    fn host_names_resolve_and_are_listed() {
+        let members = parse_initial_cluster("1=localhost:7001,2=127.0.0.1:7002").expect("ok");
+        assert_eq!(members[&1].port(), 7001);
+        assert!(members[&1].ip().is_loopback());
+        assert_eq!(
+            named_members("1=localhost:7001, 2=127.0.0.1:7002"),
+            vec![(1, "localhost:7001".to_string())]
+        );
+        let e = parse_initial_cluster("1=localhost").expect_err("no port");
+        assert!(e.to_string().contains("host:port"), "{e}");
     }
 
     #[test]

@@ -220,7 +220,12 @@ enum ClusterCmd {
         #[arg(long, default_value = "7001", env = "FLOTILLA_BASE_PORT")]
         base_port: u16,
         /// Node N serves /metrics, /health, /ready and /status at this port + N - 1.
-        #[arg(long, alias = "metrics-base-port", default_value = "9101", env = "FLOTILLA_STATUS_BASE_PORT")]
+        #[arg(
+            long,
+            alias = "metrics-base-port",
+            default_value = "9101",
+            env = "FLOTILLA_STATUS_BASE_PORT"
+        )]
         status_base_port: u16,
         /// User ranges a new cluster starts with (a pre-split keyspace).
         #[arg(long, default_value = "1", env = "FLOTILLA_RANGES")]

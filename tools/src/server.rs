@@ -68,6 +68,7 @@ pub async fn run(
     if let Some(status) = &status {
         status.set_node(Some(node.probe()));
     }
+    let names = watch_peer_names(config.node_id, &config.initial_cluster, node.probe());
     let halted = async {
         let mut every = tokio::time::interval(std::time::Duration::from_millis(200));
         while !node.is_halted() {
@@ -85,6 +86,9 @@ pub async fn run(
             status.set_node(None);
         }
     };
+    if let Some(task) = names {
+        task.abort();
+    }
     if halt {
         let mut node = node;
         node.stop_now().await;
@@ -135,6 +139,42 @@ async fn wait_resolvable(initial_cluster: &str) {
             _ => return,
         }
     }
+}
+
+/// While the node runs, resolves the host names of `initial-cluster` again every 10 s: a peer
+/// whose pod was recreated under a new IP (a StatefulSet keeps its name, not its address) is
+/// dialed at its new address. `None` when every member is named by address.
+fn watch_peer_names(
+    me: u64,
+    initial_cluster: &str,
+    node: flotilla_engine::node::NodeProbe,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let names: Vec<(u64, String)> = crate::config::named_members(initial_cluster)
+        .into_iter()
+        .filter(|(id, _)| *id != me)
+        .collect();
+    if names.is_empty() {
+        return None;
+    }
+    Some(tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(10));
+        every.tick().await;
+        loop {
+            every.tick().await;
+            for (id, name) in &names {
+                let lookup = name.clone();
+                let resolved = tokio::task::spawn_blocking(move || {
+                    use std::net::ToSocketAddrs as _;
+                    lookup.to_socket_addrs().ok().and_then(|mut a| a.next())
+                })
+                .await;
+                if let Ok(Some(addr)) = resolved {
+                    // A no-op when it did not change.
+                    node.learn_peer(*id, addr);
+                }
+            }
+        }
+    }))
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

@@ -107,6 +107,13 @@ struct Peer {
     snapshot_streams: tokio::sync::Semaphore,
 }
 
+/// Traffic an injected fault drops.
+#[derive(Debug, Default)]
+pub(crate) struct Faults {
+    pub drop_to: std::collections::HashSet<u64>,
+    pub drop_from: std::collections::HashSet<u64>,
+}
+
 struct Inner {
     config: TransportConfig,
     endpoint: quinn::Endpoint,
@@ -121,7 +128,8 @@ struct Inner {
     /// Random per start, sent in every `Hello`.
     incarnation: u64,
     /// Nodes whose Raft traffic is dropped both ways (fault injection: `partition`).
-    blocked: Mutex<std::collections::HashSet<u64>>,
+    /// Injected faults (tests, the nemesis): Raft traffic to and from these nodes is dropped.
+    faults: Mutex<Faults>,
 }
 
 /// A node's endpoint. Cheap to clone.
@@ -180,7 +188,7 @@ impl Transport {
             shutdown,
             runtime: tokio::runtime::Handle::current(),
             incarnation: rand::rng().random(),
-            blocked: Mutex::new(std::collections::HashSet::new()),
+            faults: Mutex::new(Faults::default()),
         });
         inner.runtime.spawn(accept_loop(inner.clone()));
         inner.runtime.spawn(liveness_monitor(inner.clone()));
@@ -206,17 +214,30 @@ impl Transport {
         peer(&self.inner, node_id);
     }
 
-    /// Fault injection (tests, the nemesis): drop the Raft traffic to and from `nodes` (and
-    /// stop counting them as heard from), as a network partition would; an empty set heals.
-    /// Snapshot streams to them fail; RPCs are not affected.
+    /// Fault injection (tests, the nemesis; only with the `faults` feature): drop the Raft
+    /// traffic to and from `nodes` (and stop counting them as heard from), as a network
+    /// partition would; an empty set heals. Snapshot streams to them fail; RPCs are not
+    /// affected.
+    #[cfg(feature = "faults")]
     pub fn partition(&self, nodes: &[u64]) {
-        *self.inner.blocked.lock() = nodes.iter().copied().collect();
+        self.set_faults(nodes, nodes);
+    }
+
+    /// Fault injection (only with the `faults` feature): drop the Raft traffic (and snapshot
+    /// streams) this node sends to `drop_to`, and what it receives from `drop_from`: a one-way
+    /// partition when they differ. Empty sets heal.
+    #[cfg(feature = "faults")]
+    pub fn set_faults(&self, drop_to: &[u64], drop_from: &[u64]) {
+        *self.inner.faults.lock() = Faults {
+            drop_to: drop_to.iter().copied().collect(),
+            drop_from: drop_from.iter().copied().collect(),
+        };
     }
 
     /// Queues a Raft message for `to_node`. Never blocks: a full queue drops the message and
     /// counts it. Returns whether it was queued.
     pub fn send(&self, to_node: u64, message: RangeMessage) -> bool {
-        if self.inner.blocked.lock().contains(&to_node) {
+        if self.inner.faults.lock().drop_to.contains(&to_node) {
             stats::dropped(to_node, &self.inner.stats);
             return false;
         }
@@ -260,7 +281,7 @@ impl Transport {
         mut chunks: mpsc::Receiver<Bytes>,
     ) -> Result<(), TransportError> {
         let inner = &self.inner;
-        if inner.blocked.lock().contains(&to_node) {
+        if inner.faults.lock().drop_to.contains(&to_node) {
             return Err(TransportError::ConnectionLost(format!(
                 "node {to_node} is partitioned away"
             )));

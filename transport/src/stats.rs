@@ -59,8 +59,11 @@ pub(crate) fn dropped(peer: u64, stats: &Stats) {
 
 /// Whether this node counts `peer` as up (`flotilla_transport_peer_up`).
 pub(crate) fn peer_up(peer: u64, up: bool) {
-    metrics::gauge!("flotilla_transport_peer_up", "peer" => peer.to_string())
-        .set(if up { 1.0 } else { 0.0 });
+    metrics::gauge!("flotilla_transport_peer_up", "peer" => peer.to_string()).set(if up {
+        1.0
+    } else {
+        0.0
+    });
 }
 
 /// A new peer's series start at 0.

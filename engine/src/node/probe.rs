@@ -1,4 +1,5 @@
-//! What a node's status port shows (`/ready`, `/status`): a cheap handle on the running node.
+//! A cheap handle on the running node for the binary around it: what its status port shows
+//! (`/ready`, `/status`), and peers' addresses as their names resolve.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -44,6 +45,11 @@ impl NodeProbe {
     /// The ranges hosted here with their leaders as this node knows them (0: none known).
     pub async fn ranges(&self) -> Vec<RangeInfo> {
         self.service.ranges().await
+    }
+
+    /// Where member `node_id` listens now (its name resolved to a new address, say).
+    pub fn learn_peer(&self, node_id: u64, addr: std::net::SocketAddr) {
+        self.service.learn_peer(node_id, addr);
     }
 
     /// Every other member this node knows, and whether it hears from it.

@@ -17,12 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use flotilla_transport::kv::{
-    ErrorCode, KvError as WireError, RaftCommand, WriteResponse,
-};
+use flotilla_transport::kv::{ErrorCode, KvError as WireError, RaftCommand, WriteResponse};
 use flotilla_transport::service::{
-    read_response, ClusterInfo, NodeInfo, NodeStatus, RangeInfo, ReadRequest,
-    ReadResponse,
+    read_response, ClusterInfo, NodeInfo, NodeStatus, RangeInfo, ReadRequest, ReadResponse,
 };
 use flotilla_transport::wire::RpcCode;
 use flotilla_transport::RpcStatus;
@@ -176,11 +173,46 @@ impl Service {
             }
             "cluster.Info" => Ok(self.cluster_info().await.encode_to_vec().into()),
             "node.Status" => Ok(self.status().await.encode_to_vec().into()),
+            #[cfg(feature = "nemesis")]
+            "nemesis.Faults" => {
+                let faults = flotilla_transport::service::NemesisFaults::decode(body)
+                    .map_err(|e| bad_request("nemesis faults", e))?;
+                self.inject(&faults)?;
+                Ok(flotilla_transport::service::NemesisFaultsResponse {}
+                    .encode_to_vec()
+                    .into())
+            }
             other => Err(RpcStatus::new(
                 RpcCode::UnknownMethod,
                 format!("unknown method {other:?}"),
             )),
         }
+    }
+
+    /// Fault tests (the `nemesis` feature): sets the Raft traffic this node drops and
+    /// configures a failpoint.
+    #[cfg(feature = "nemesis")]
+    fn inject(&self, faults: &flotilla_transport::service::NemesisFaults) -> Result<(), RpcStatus> {
+        if let Some(transport) = self.transport.read().as_ref() {
+            transport.set_faults(&faults.drop_to, &faults.drop_from);
+        }
+        if !faults.failpoint.is_empty() {
+            if faults.action == "off" {
+                fail::remove(&faults.failpoint);
+            } else {
+                fail::cfg(&faults.failpoint, &faults.action)
+                    .map_err(|e| RpcStatus::new(RpcCode::BadRequest, e))?;
+            }
+        }
+        tracing::warn!(
+            node = self.node_id,
+            drop_to = ?faults.drop_to,
+            drop_from = ?faults.drop_from,
+            failpoint = %faults.failpoint,
+            action = %faults.action,
+            "nemesis: faults set"
+        );
+        Ok(())
     }
 
     /// A key near the middle of this node's replica of `range_id` (read off the runtime's

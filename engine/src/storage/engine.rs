@@ -256,6 +256,14 @@ impl Engine {
     pub fn write_synced(&self, batch: WriteBatch) -> Result<(), EngineError> {
         self.check_halted()?;
         let mut opts = WriteOptions::default();
+        if crate::fail_point_set("storage::crash_before_sync") {
+            // Fault tests: the round reaches the OS, and the process dies before the sync
+            // (nothing of it was acknowledged or sent).
+            opts.set_sync(false);
+            let _ = self.db.write_opt(batch, &opts);
+            tracing::error!("failpoint storage::crash_before_sync: aborting the process");
+            std::process::abort();
+        }
         opts.set_sync(true);
         let result = crate::fail_point_io("storage::write_synced")
             .and_then(|()| self.db.write_opt(batch, &opts).map_err(|e| e.to_string()));

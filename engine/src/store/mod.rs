@@ -13,9 +13,9 @@ mod slow;
 pub use self::events::SnapshotReceipt;
 pub use self::load::RangeLoad;
 pub use self::peer::{prepare_snapshot, Peer, PeerError, RoundOutput};
-pub use self::slow::{read_op, write_op};
 pub use self::replicas::{Command, Outcome, Proposal, ProposeRefused, Store, StoreRound, Ticket};
 pub use self::runtime::{
     Network, ReadResult, RequestError, Runtime, RuntimeConfig, RuntimeError, RuntimeHandle,
     SnapshotBuild, WriteResult,
 };
+pub use self::slow::{read_op, write_op};

@@ -40,10 +40,10 @@ use tokio::sync::oneshot;
 use super::events::SnapshotReceipt;
 use super::load::{LoadCounter, RangeLoad};
 use super::peer::{prepare_snapshot, PeerError};
-use super::slow::{read_op, write_op, Timing};
 use super::replicas::{
     Command as StoreCommand, Outcome, Proposal, ProposeRefused, Store, StoreRound,
 };
+use super::slow::{read_op, write_op, Timing};
 use crate::kv::{self, check_range, KvConfig, KvError};
 use crate::raft::{Config, ReadError as RaftReadError, Role};
 use crate::storage::{Engine, ReceivedSnapshot, SnapshotParts};

@@ -112,7 +112,12 @@ async fn some_load(cluster: &ProcessCluster) {
         client.put(&key, b"v".to_vec()).await.expect("put");
         client.get(&key).await.expect("get");
     }
-    client.scan("k".."l").limit(100).collect().await.expect("scan");
+    client
+        .scan("k".."l")
+        .limit(100)
+        .collect()
+        .await
+        .expect("scan");
     client.close().await;
 }
 
@@ -147,7 +152,11 @@ async fn every_dashboard_and_alert_metric_is_exported_by_every_node() {
         let mut exprs = Vec::new();
         json_exprs(board, &mut exprs);
         assert!(!exprs.is_empty(), "{}: no queries", path.display());
-        let file = path.file_name().expect("name").to_string_lossy().into_owned();
+        let file = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
         for e in exprs {
             used.extend(referenced_names(&e).into_iter().map(|n| (file.clone(), n)));
         }
@@ -155,7 +164,10 @@ async fn every_dashboard_and_alert_metric_is_exported_by_every_node() {
     let rules = alert_rules();
     assert!(rules.len() >= 6, "the issue names six alerts at least");
     for (name, expr, documented) in &rules {
-        assert!(documented, "alert {name}: needs a summary and a description");
+        assert!(
+            documented,
+            "alert {name}: needs a summary and a description"
+        );
         used.extend(
             referenced_names(expr)
                 .into_iter()
@@ -184,8 +196,9 @@ async fn every_dashboard_and_alert_metric_is_exported_by_every_node() {
 #[test]
 fn the_name_check_finds_a_misspelled_metric() {
     // The check above is only as good as these two functions: a misspelling must show.
-    let exported =
-        exported_names("# TYPE flotilla_store_leaders gauge\nflotilla_store_leaders{poller=\"0\"} 1\n");
+    let exported = exported_names(
+        "# TYPE flotilla_store_leaders gauge\nflotilla_store_leaders{poller=\"0\"} 1\n",
+    );
     let used = referenced_names(
         "sum by (instance) (flotilla_store_leader{instance=~\"$instance\"}) + \
          rate(flotilla_store_leaders[1m])",
@@ -193,8 +206,10 @@ fn the_name_check_finds_a_misspelled_metric() {
     let missing: Vec<_> = used.difference(&exported).collect();
     assert_eq!(missing, vec!["flotilla_store_leader"]);
     // Label values and strings naming a metric are not metric references.
-    assert!(referenced_names("label_values(flotilla_build_info, instance)")
-        .contains("flotilla_build_info"));
+    assert!(
+        referenced_names("label_values(flotilla_build_info, instance)")
+            .contains("flotilla_build_info")
+    );
     assert!(referenced_names("up{job=\"flotilla_x\"}").is_empty());
 }
 
@@ -243,7 +258,10 @@ async fn the_status_port_reports_health_readiness_and_the_node() {
     })
     .await;
     assert!(why.contains("no known leader"), "{why}");
-    assert!(why.contains('1') && why.contains('2'), "names ranges 1 and 2: {why}");
+    assert!(
+        why.contains('1') && why.contains('2'),
+        "names ranges 1 and 2: {why}"
+    );
     let (code, _) = cluster.http_get(1, "/health").expect("health");
     assert_eq!(code, 200, "the process is up, only not ready");
     let status: serde_json::Value =
@@ -279,7 +297,13 @@ async fn slow_requests_are_logged_with_their_phases_in_json() {
     })
     .await;
     let fields = &found["fields"];
-    for field in ["range_id", "total_ms", "queued_ms", "replicate_apply_ms", "outcome"] {
+    for field in [
+        "range_id",
+        "total_ms",
+        "queued_ms",
+        "replicate_apply_ms",
+        "outcome",
+    ] {
         assert!(!fields[field].is_null(), "{field} missing: {found}");
     }
     // Every line of the log is JSON (the format applies to all of it).
@@ -350,8 +374,10 @@ fn encode(query: &str) -> String {
 
 /// The instances a Prometheus query answers for.
 fn instances(prometheus: std::net::SocketAddr, query: &str) -> BTreeSet<String> {
-    let Some((200, body)) = http_get(prometheus, &format!("/api/v1/query?query={}", encode(query)))
-    else {
+    let Some((200, body)) = http_get(
+        prometheus,
+        &format!("/api/v1/query?query={}", encode(query)),
+    ) else {
         return BTreeSet::new();
     };
     let Ok(json) = serde_json::from_str::<serde_json::Value>(&body) else {
@@ -400,14 +426,17 @@ async fn a_real_prometheus_scrapes_request_rates_and_leaders_of_every_node() {
     }
     let _prometheus = Kill(
         Command::new(prometheus_bin)
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", prom_dir.join("data").display()))
-        .arg(format!("--web.listen-address={web}"))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log"))
-        .stderr(log)
-        .spawn()
-        .expect("start prometheus"),
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                prom_dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={web}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start prometheus"),
     );
 
     let want: BTreeSet<String> = cluster.nodes.iter().map(|p| p.status.to_string()).collect();
@@ -484,7 +513,10 @@ fn the_compose_k8s_and_systemd_files_name_what_they_must() {
             && d["spec"]["clusterIP"].as_str() == Some("None")),
         "a headless Service named by the StatefulSet"
     );
-    assert!(!spec["volumeClaimTemplates"].is_badvalue(), "data on volume claims");
+    assert!(
+        !spec["volumeClaimTemplates"].is_badvalue(),
+        "data on volume claims"
+    );
     let container = &spec["template"]["spec"]["containers"][0];
     assert_eq!(
         container["readinessProbe"]["httpGet"]["path"].as_str(),
@@ -516,6 +548,26 @@ fn the_compose_k8s_and_systemd_files_name_what_they_must() {
     ] {
         assert!(unit.contains(line), "flotilla.service lacks {line}");
     }
+}
+
+#[test]
+fn kubernetes_validate_accepts_the_manifest_when_installed() {
+    // A schema check of every object (unknown fields refused) when the PyPI package
+    // `kubernetes-validate` is installed; the fields above are asserted either way.
+    let Ok(out) = Command::new("kubernetes-validate")
+        .args(["-k", "1.30.0", "--strict"])
+        .arg(deploy().join("k8s/flotilla.yaml"))
+        .output()
+    else {
+        eprintln!("kubernetes-validate is not installed (pip install kubernetes-validate)");
+        return;
+    };
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "kubernetes-validate:\n{text}");
 }
 
 #[test]

@@ -88,7 +88,7 @@ fn peer_shut_down(inner: &Inner, conn: &Connection) {
                 "peer shut down"
             );
             crate::stats::peer_up(p.node_id, false);
-                inner.sink.peer_state(p.node_id, false);
+            inner.sink.peer_state(p.node_id, false);
         }
     }
 }
@@ -204,7 +204,7 @@ async fn serve_raft(inner: &Inner, p: &Peer, recv: &mut quinn::RecvStream) {
     loop {
         match frame::read::<RaftBatch, _>(recv, inner.config.max_frame_bytes).await {
             Ok(Some(batch)) => {
-                if inner.blocked.lock().contains(&p.node_id) {
+                if inner.faults.lock().drop_from.contains(&p.node_id) {
                     stats::dropped(p.node_id, &inner.stats);
                     continue;
                 }
