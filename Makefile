@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: test setup fmt-check clippy unit sim-soak bench demo bench-cluster idle-cost
+.PHONY: test setup fmt-check clippy unit sim-soak bench demo bench-cluster idle-cost nemesis fuzz
 
 test: setup fmt-check clippy unit
 
@@ -62,3 +62,26 @@ RANGES ?= 10000
 idle-cost: setup
 	$(CARGO) build -p flotilla-tools --bin flotilla
 	./deploy/scripts/idle-cost.sh $(RANGES) $${WINDOW:-30}
+
+# The nemesis on real processes (tools/tests/process/nemesis.rs): `make nemesis DURATION=1800
+# SEED=42 NODES=5`. `make test` runs a 60 s one with a fresh seed. A failing run prints its seed
+# and leaves the history, the fault log and the nodes' logs in OUT.
+DURATION ?= 1800
+NODES ?= 5
+CLIENTS ?= 4
+SEED ?= $$(date +%s)
+nemesis: setup
+	FLOTILLA_NEMESIS_SEED=$(SEED) FLOTILLA_NEMESIS_SECONDS=$(DURATION) FLOTILLA_NEMESIS_NODES=$(NODES) \
+	  FLOTILLA_NEMESIS_CLIENTS=$(CLIENTS) $${OUT:+FLOTILLA_NEMESIS_OUT=$$OUT} \
+	  $(CARGO) test -p flotilla-tools --test process nemesis::run -- --nocapture
+
+# cargo-fuzz over every decoder of bytes from a peer, a client or the disk (nightly; installs
+# cargo-fuzz when missing): FUZZ_SECONDS per target, corpora under transport/fuzz/corpus and
+# engine/fuzz/corpus. The first run builds RocksDB again (a nightly, sanitized profile).
+FUZZ_SECONDS ?= 60
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	cd transport/fuzz && for t in $$(cargo +nightly fuzz list); do \
+	  cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; done
+	cd engine/fuzz && for t in $$(cargo +nightly fuzz list); do \
+	  cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; done

@@ -21,8 +21,9 @@ pub(crate) fn fail_point_io(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether a failpoint on `name` is set (any action but "off"): for faults that are not an
-/// error return, such as a crash.
+/// Whether a failpoint on `name` is set to `return` (or `panic`s there): for faults that are
+/// not an error return, such as a crash. Other actions (`sleep`, `print`, `pause`) act and
+/// then answer false.
 pub(crate) fn fail_point_set(name: &str) -> bool {
     let _ = name;
     fail::fail_point!(name, |_| true);

@@ -150,9 +150,16 @@ pub fn describe_metrics() {
     );
     describe_gauge!(
         "flotilla_build_info",
-        "Always 1; the labels name the build (version)"
+        "Always 1; the labels name the build (version; fault_injection: none, or nemesis in a test build)"
     );
-    metrics::gauge!("flotilla_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    let faults = if cfg!(feature = "nemesis") {
+        "nemesis"
+    } else {
+        "none"
+    };
+    metrics::gauge!("flotilla_build_info", "version" => env!("CARGO_PKG_VERSION"),
+        "fault_injection" => faults)
+    .set(1.0);
     for counter in [
         "flotilla_raft_proposals_total",
         "flotilla_raft_leader_changes_seen_total",

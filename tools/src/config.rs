@@ -220,14 +220,27 @@ impl Default for KvSection {
     }
 }
 
-/// Parses `1=127.0.0.1:7001,2=flotilla-1.flotilla:7001`: addresses or host names, which are
-/// resolved now (the first address a name resolves to).
+/// Resolves `host:port` (or an address), preferring an address of the family `like` has (a
+/// node listening on IPv4 dials its peers over IPv4 even where a name also has IPv6).
+pub fn resolve_addr(addr: &str, like: Option<SocketAddr>) -> Option<SocketAddr> {
+    if let Ok(a) = addr.parse::<SocketAddr>() {
+        return Some(a);
+    }
+    use std::net::ToSocketAddrs as _;
+    let all: Vec<SocketAddr> = addr.to_socket_addrs().ok()?.collect();
+    let same_family = |a: &SocketAddr| like.is_none_or(|l| l.is_ipv4() == a.is_ipv4());
+    all.iter()
+        .copied()
+        .find(same_family)
+        .or_else(|| all.first().copied())
+}
+
+/// `initial-cluster` split into `(id, host:port)` entries.
 ///
 /// # Errors
-/// A message naming the bad entry; [`InitialClusterError::Unresolved`] when a host name does
-/// not resolve (yet: in a StatefulSet the peers' names appear as their pods start).
-pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<u64, SocketAddr>, InitialClusterError> {
-    let mut members = BTreeMap::new();
+/// A message naming the bad entry.
+pub fn initial_entries(s: &str) -> Result<Vec<(u64, String)>, InitialClusterError> {
+    let mut entries: Vec<(u64, String)> = Vec::new();
     for entry in s.split(',').map(str::trim).filter(|e| !e.is_empty()) {
         let bad = |why: String| InitialClusterError::Invalid(format!("initial-cluster: {why}"));
         let (id, addr) = entry
@@ -238,24 +251,45 @@ pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<u64, SocketAddr>, Initi
             .parse()
             .map_err(|e| bad(format!("node id {id:?}: {e}")))?;
         let addr = addr.trim();
-        let resolved = match addr.parse::<SocketAddr>() {
-            Ok(a) => a,
-            Err(_) => {
-                let (host, port) = addr
-                    .rsplit_once(':')
-                    .ok_or_else(|| bad(format!("address {addr:?}: not host:port")))?;
-                if host.is_empty() || port.parse::<u16>().is_err() {
-                    return Err(bad(format!("address {addr:?}: not host:port")));
-                }
-                use std::net::ToSocketAddrs as _;
-                addr.to_socket_addrs()
-                    .ok()
-                    .and_then(|mut a| a.next())
-                    .ok_or_else(|| InitialClusterError::Unresolved(addr.to_string()))?
+        if addr.parse::<SocketAddr>().is_err() {
+            let port_ok = addr
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !port_ok {
+                return Err(bad(format!("address {addr:?}: not host:port")));
             }
-        };
-        if members.insert(id, resolved).is_some() {
+        }
+        if entries.iter().any(|(other, _)| *other == id) {
             return Err(bad(format!("node {id} named twice")));
+        }
+        entries.push((id, addr.to_string()));
+    }
+    Ok(entries)
+}
+
+/// Parses `1=127.0.0.1:7001,2=flotilla-1.flotilla:7001`: addresses or host names, resolved now
+/// (preferring `like`'s address family). With `skip_unresolved` (a restart: the members are
+/// known from disk, only their addresses are needed) a name that does not resolve is left
+/// out, to be found later; else it is an error.
+///
+/// # Errors
+/// A message naming the bad entry; [`InitialClusterError::Unresolved`] for a host name that
+/// does not resolve (yet: in a StatefulSet a peer's name appears once its pod starts).
+pub fn parse_initial_cluster(
+    s: &str,
+    like: Option<SocketAddr>,
+    skip_unresolved: bool,
+) -> Result<BTreeMap<u64, SocketAddr>, InitialClusterError> {
+    let mut members = BTreeMap::new();
+    for (id, addr) in initial_entries(s)? {
+        match resolve_addr(&addr, like) {
+            Some(a) => {
+                members.insert(id, a);
+            }
+            None if skip_unresolved => {
+                tracing::warn!(node = id, host = %addr, "a member's name does not resolve yet");
+            }
+            None => return Err(InitialClusterError::Unresolved(addr)),
         }
     }
     Ok(members)
@@ -263,10 +297,10 @@ pub fn parse_initial_cluster(s: &str) -> Result<BTreeMap<u64, SocketAddr>, Initi
 
 /// The members of `initial-cluster` named by host name rather than address: `(id, host:port)`.
 pub fn named_members(s: &str) -> Vec<(u64, String)> {
-    s.split(',')
-        .filter_map(|e| e.trim().split_once('='))
-        .filter(|(_, addr)| addr.trim().parse::<SocketAddr>().is_err())
-        .filter_map(|(id, addr)| Some((id.trim().parse().ok()?, addr.trim().to_string())))
+    initial_entries(s)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(_, addr)| addr.parse::<SocketAddr>().is_err())
         .collect()
 }
 
@@ -276,6 +310,15 @@ pub enum InitialClusterError {
     Invalid(String),
     #[error("initial-cluster: host {0:?} does not resolve")]
     Unresolved(String),
+}
+
+/// `p` as given when absolute, else under `base` (the config file's directory).
+fn relative_to(base: &Path, p: &Path) -> PathBuf {
+    if p.is_relative() {
+        base.join(p)
+    } else {
+        p.to_path_buf()
+    }
 }
 
 fn read_file(path: &Path, field: &str) -> anyhow::Result<Vec<u8>> {
@@ -296,23 +339,12 @@ impl ServerConfig {
         toml::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))
     }
 
-    /// The node's settings, validated; file paths relative to `base` (the config file's
-    /// directory).
-    ///
-    /// # Errors
-    /// A message naming the field that cannot work.
     /// The node's TLS identity from the `[tls]` files (relative to `base`).
     ///
     /// # Errors
     /// A file that cannot be read or parsed, named.
     pub fn tls_config(&self, base: &Path) -> anyhow::Result<TlsConfig> {
-        let resolve = |p: &Path| {
-            if p.is_relative() {
-                base.join(p)
-            } else {
-                p.to_path_buf()
-            }
-        };
+        let resolve = |p: &Path| relative_to(base, p);
         TlsConfig::from_pem(
             &read_file(&resolve(&self.tls.ca), "tls.ca")?,
             &read_file(&resolve(&self.tls.cert), "tls.cert")?,
@@ -321,23 +353,23 @@ impl ServerConfig {
         .map_err(|e| anyhow!("tls: {e}"))
     }
 
-    pub fn node_config(&self, base: &Path) -> anyhow::Result<NodeConfig> {
+    /// The checks that need neither the files it names nor name resolution.
+    ///
+    /// # Errors
+    /// A message naming the field that cannot work.
+    pub fn check(&self) -> anyhow::Result<()> {
         if self.node_id == 0 {
             bail!("node-id: required (>= 1)");
         }
-        let listen: SocketAddr = self
-            .listen
-            .parse()
+        self.listen
+            .parse::<SocketAddr>()
             .map_err(|e| anyhow!("listen: {:?}: {e}", self.listen))?;
-        let initial_cluster = parse_initial_cluster(&self.initial_cluster)?;
-        let resolve = |p: &Path| {
-            if p.is_relative() {
-                base.join(p)
-            } else {
-                p.to_path_buf()
-            }
-        };
-        let tls = self.tls_config(base)?;
+        if !self.status_addr.is_empty() {
+            self.status_addr
+                .parse::<SocketAddr>()
+                .map_err(|e| anyhow!("status-addr: {:?}: {e}", self.status_addr))?;
+        }
+        initial_entries(&self.initial_cluster)?;
         if !matches!(self.log_format.as_str(), "text" | "json") {
             bail!(
                 "log-format: {:?} is neither \"text\" nor \"json\"",
@@ -347,6 +379,31 @@ impl ServerConfig {
         if self.raft.tick_ms == 0 {
             bail!("raft.tick-ms: must be positive");
         }
+        Ok(())
+    }
+
+    /// Whether the data directory holds a node already (a restart, not a first start).
+    pub fn has_data(&self, base: &Path) -> bool {
+        relative_to(base, &self.data_dir).join("CURRENT").exists()
+    }
+
+    /// The node's settings, validated; file paths relative to `base` (the config file's
+    /// directory).
+    ///
+    /// # Errors
+    /// A message naming the field that cannot work.
+    pub fn node_config(&self, base: &Path) -> anyhow::Result<NodeConfig> {
+        self.check()?;
+        let listen: SocketAddr = self
+            .listen
+            .parse()
+            .map_err(|e| anyhow!("listen: {:?}: {e}", self.listen))?;
+        // A restart knows its members from disk: a peer whose name does not resolve now (its
+        // pod is being replaced) is found later; a first start needs every member.
+        let resolve = |p: &Path| relative_to(base, p);
+        let initial_cluster =
+            parse_initial_cluster(&self.initial_cluster, Some(listen), self.has_data(base))?;
+        let tls = self.tls_config(base)?;
         let raft = RaftConfig {
             election_timeout_ticks: self.raft.election_timeout_ticks,
             heartbeat_interval_ticks: self.raft.heartbeat_interval_ticks,
@@ -423,23 +480,30 @@ mod tests {
 
     #[test]
     fn a_bad_member_is_named() {
-        let e = parse_initial_cluster("1=127.0.0.1:7001,2=nowhere").expect_err("bad");
+        let e = parse_initial_cluster("1=127.0.0.1:7001,2=nowhere", None, false).expect_err("bad");
         assert!(e.to_string().contains("nowhere"), "{e}");
-        assert!(parse_initial_cluster("1=127.0.0.1:1,1=127.0.0.1:2").is_err());
-        let ok = parse_initial_cluster("1=127.0.0.1:7001, 2=127.0.0.1:7002").expect("ok");
+        assert!(parse_initial_cluster("1=127.0.0.1:1,1=127.0.0.1:2", None, false).is_err());
+        let ok =
+            parse_initial_cluster("1=127.0.0.1:7001, 2=127.0.0.1:7002", None, false).expect("ok");
         assert_eq!(ok.len(), 2);
     }
 
     #[test]
     fn host_names_resolve_and_are_listed() {
-        let members = parse_initial_cluster("1=localhost:7001,2=127.0.0.1:7002").expect("ok");
+        let v4: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        let members = parse_initial_cluster("1=localhost:7001,2=127.0.0.1:7002", Some(v4), false)
+            .expect("ok");
         assert_eq!(members[&1].port(), 7001);
         assert!(members[&1].ip().is_loopback());
+        assert!(
+            members[&1].is_ipv4(),
+            "the family of the listen address is preferred"
+        );
         assert_eq!(
             named_members("1=localhost:7001, 2=127.0.0.1:7002"),
             vec![(1, "localhost:7001".to_string())]
         );
-        let e = parse_initial_cluster("1=localhost").expect_err("no port");
+        let e = parse_initial_cluster("1=localhost", None, false).expect_err("no port");
         assert!(e.to_string().contains("host:port"), "{e}");
     }
 

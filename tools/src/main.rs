@@ -67,8 +67,12 @@ enum ReplicaCmd {
 enum Cmd {
     /// Runs one node.
     Server(ServerArgs),
-    /// Prints the documented default configuration (every option with its default).
-    Config,
+    /// Prints the documented default configuration (every option with its default);
+    /// `config check FILE` checks a file without starting a node.
+    Config {
+        #[command(subcommand)]
+        action: Option<ConfigCmd>,
+    },
     /// A local cluster on loopback.
     Cluster {
         #[command(subcommand)]
@@ -156,6 +160,13 @@ enum NodeCmd {
     },
     /// Makes NODE a target for replicas and leaderships again.
     Recommission { node: u64 },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Checks FILE: every field known and well-formed (names are not resolved and files not
+    /// read: those wait for the node's start).
+    Check { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -267,14 +278,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if let Some(v) = args.status_addr {
                 config.status_addr = v;
+            } else if let Ok(v) = std::env::var("FLOTILLA_METRICS_ADDR") {
+                eprintln!(
+                    "warning: FLOTILLA_METRICS_ADDR is deprecated: use FLOTILLA_STATUS_ADDR \
+                     (the port now also serves /health, /ready and /status)"
+                );
+                config.status_addr = v;
             }
             if let Some(v) = args.log_format {
                 config.log_format = v;
             }
             server::run(config, &path, &args.join).await
         }
-        Cmd::Config => {
+        Cmd::Config { action: None } => {
             print!("{}", config::DEFAULT_CONFIG);
+            Ok(())
+        }
+        Cmd::Config {
+            action: Some(ConfigCmd::Check { file }),
+        } => {
+            ServerConfig::load(&file)?.check()?;
+            println!("{}: ok", file.display());
             Ok(())
         }
         Cmd::Cluster { command } => match command {

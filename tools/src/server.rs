@@ -23,6 +23,9 @@ pub fn init_logging(filter: &str, format: &str) {
     };
 }
 
+/// How long a halted node keeps its status port up before it exits.
+const HALT_LINGER: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Runs a node from `config` (file paths relative to `config_path`'s directory).
 ///
 /// # Errors
@@ -45,8 +48,8 @@ pub async fn run(
             .collect::<Vec<_>>()
             .join(",");
     }
-    wait_resolvable(&config.initial_cluster).await;
-    let node_config = config.node_config(base)?;
+    // The status port first: /health answers while the node waits for names and opens its
+    // storage.
     let status = if config.status_addr.is_empty() {
         None
     } else {
@@ -62,13 +65,29 @@ pub async fn run(
         );
         Some(state)
     };
+    if !config.has_data(base) {
+        // A first start must know every member's address to bootstrap with them.
+        wait_resolvable(&config.initial_cluster).await;
+    }
+    let node_config = tokio::task::spawn_blocking({
+        let config = config.clone();
+        let base = base.to_path_buf();
+        move || config.node_config(&base)
+    })
+    .await
+    .context("the config check stopped")??;
     let node = Node::start(node_config)
         .await
         .with_context(|| format!("node {} cannot start", config.node_id))?;
     if let Some(status) = &status {
         status.set_node(Some(node.probe()));
     }
-    let names = watch_peer_names(config.node_id, &config.initial_cluster, node.probe());
+    let names = watch_peer_names(
+        config.node_id,
+        &config.initial_cluster,
+        config.listen.parse().ok(),
+        node.probe(),
+    );
     let halted = async {
         let mut every = tokio::time::interval(std::time::Duration::from_millis(200));
         while !node.is_halted() {
@@ -91,6 +110,12 @@ pub async fn run(
     }
     if halt {
         let mut node = node;
+        if status.is_some() {
+            // Long enough for two scrapes to see the halt (and /health to say it) before the
+            // process exits and its supervisor restarts it.
+            tracing::error!(node = config.node_id, "halted: exiting in 10 s");
+            tokio::time::sleep(HALT_LINGER).await;
+        }
         node.stop_now().await;
         release(&status);
         anyhow::bail!(
@@ -116,14 +141,14 @@ pub async fn run(
 
 /// Waits up to a minute for the host names of `initial-cluster` to resolve (in a StatefulSet a
 /// peer's name appears once its pod starts); a name that never resolves is reported by
-/// `node_config`.
+/// `node_config`. Only a first start waits: a restart finds late names as it runs.
 async fn wait_resolvable(initial_cluster: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let mut told = false;
     loop {
         let members = initial_cluster.to_string();
         let parsed = tokio::task::spawn_blocking(move || {
-            crate::config::parse_initial_cluster(&members).map(|_| ())
+            crate::config::parse_initial_cluster(&members, None, false).map(|_| ())
         })
         .await;
         match parsed {
@@ -147,6 +172,7 @@ async fn wait_resolvable(initial_cluster: &str) {
 fn watch_peer_names(
     me: u64,
     initial_cluster: &str,
+    listen: Option<SocketAddr>,
     node: flotilla_engine::node::NodeProbe,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let names: Vec<(u64, String)> = crate::config::named_members(initial_cluster)
@@ -164,8 +190,7 @@ fn watch_peer_names(
             for (id, name) in &names {
                 let lookup = name.clone();
                 let resolved = tokio::task::spawn_blocking(move || {
-                    use std::net::ToSocketAddrs as _;
-                    lookup.to_socket_addrs().ok().and_then(|mut a| a.next())
+                    crate::config::resolve_addr(&lookup, listen)
                 })
                 .await;
                 if let Ok(Some(addr)) = resolved {

@@ -51,6 +51,15 @@ const BYTES_BUCKETS: &[f64] = &[
 
 /// Ranges `/ready` names when some have no leader (the count is always complete).
 const READY_LIST_LIMIT: usize = 20;
+/// Connections served at once; more wait in the listener's backlog.
+const MAX_CONNECTIONS: usize = 64;
+/// A request's headers must arrive within this; a handler must answer within
+/// [`ANSWER_TIMEOUT`] (a stuck poller gets a 503, not a hung probe).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Ranges `/status` lists by default (`?limit=N` for more, up to [`MAX_STATUS_RANGES`]).
+const STATUS_RANGES: usize = 1_000;
+const MAX_STATUS_RANGES: usize = 100_000;
 
 /// What the handlers share: the recorder's handle and, once it started, the node.
 #[derive(Clone)]
@@ -106,8 +115,12 @@ pub async fn serve(addr: SocketAddr, metrics: PrometheusHandle) -> anyhow::Resul
         }
     });
     let serving = state.clone();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
             let (stream, _) = match listener.accept().await {
                 Ok(s) => s,
                 Err(e) => {
@@ -119,12 +132,25 @@ pub async fn serve(addr: SocketAddr, metrics: PrometheusHandle) -> anyhow::Resul
             };
             let state = serving.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let service = hyper::service::service_fn(move |request| {
                     let state = state.clone();
-                    async move { Ok::<_, Infallible>(route(&state, &request).await) }
+                    async move {
+                        let answer = tokio::time::timeout(ANSWER_TIMEOUT, route(&state, &request));
+                        Ok::<_, Infallible>(answer.await.unwrap_or_else(|_| {
+                            reply(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                TEXT,
+                                "the node did not answer in time (overloaded or stuck)\n",
+                            )
+                        }))
+                    }
                 });
                 let io = hyper_util::rt::TokioIo::new(stream);
                 let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .keep_alive(false)
                     .serve_connection(io, service)
                     .await;
             });
@@ -157,7 +183,14 @@ async fn route(state: &StatusState, request: &Request<Incoming>) -> Response<Ful
             "text/plain; version=0.0.4; charset=utf-8",
             state.metrics.render(),
         ),
-        "/health" => reply(StatusCode::OK, TEXT, "ok\n"),
+        "/health" => match node {
+            Some(node) if node.is_halted() => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                TEXT,
+                "halted: a storage failure stopped the node (see its log); it exits shortly\n",
+            ),
+            _ => reply(StatusCode::OK, TEXT, "ok\n"),
+        },
         "/ready" => {
             let (ready, why) = readiness(node.as_ref()).await;
             let status = if ready {
@@ -168,11 +201,20 @@ async fn route(state: &StatusState, request: &Request<Incoming>) -> Response<Ful
             reply(status, TEXT, why + "\n")
         }
         "/status" => match node {
-            Some(node) => reply(
-                StatusCode::OK,
-                "application/json",
-                status_json(&node).await.to_string(),
-            ),
+            Some(node) => {
+                let limit = request
+                    .uri()
+                    .query()
+                    .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("limit=")))
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(STATUS_RANGES)
+                    .min(MAX_STATUS_RANGES);
+                reply(
+                    StatusCode::OK,
+                    "application/json",
+                    status_json(&node, limit).await.to_string(),
+                )
+            }
             None => reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "application/json",
@@ -197,20 +239,20 @@ async fn readiness(node: Option<&NodeProbe>) -> (bool, String) {
     let Some(node) = node else {
         return (false, "not ready: the node is starting".into());
     };
-    if !node.is_serving() {
-        return (false, "not ready: the node is stopping or halted".into());
+    if node.is_halted() {
+        return (false, "not ready: the node halted".into());
     }
-    let ranges = node.ranges().await;
-    let missing: Vec<u64> = ranges
-        .iter()
-        .filter(|r| r.leader_node == 0)
-        .filter_map(|r| r.descriptor.as_ref().map(|d| d.id))
-        .collect();
-    if missing.is_empty() {
+    if !node.is_serving() {
+        return (false, "not ready: the node is stopping".into());
+    }
+    let Some((hosted, missing)) = node.leaderless().await else {
         return (
-            true,
-            format!("ready: {} ranges, each with a leader", ranges.len()),
+            false,
+            "not ready: a poller did not answer (overloaded or stopping)".into(),
         );
+    };
+    if missing.is_empty() {
+        return (true, format!("ready: {hosted} ranges, each with a leader"));
     }
     let listed: Vec<String> = missing
         .iter()
@@ -225,19 +267,19 @@ async fn readiness(node: Option<&NodeProbe>) -> (bool, String) {
     (
         false,
         format!(
-            "not ready: {} of {} ranges have no known leader: {}{more}",
+            "not ready: {} of {hosted} ranges have no known leader: {}{more}",
             missing.len(),
-            ranges.len(),
             listed.join(", ")
         ),
     )
 }
 
-async fn status_json(node: &NodeProbe) -> serde_json::Value {
+async fn status_json(node: &NodeProbe, limit: usize) -> serde_json::Value {
     let ranges = node.ranges().await;
     let me = node.node_id();
     let list: Vec<serde_json::Value> = ranges
         .iter()
+        .take(limit)
         .filter_map(|r| {
             let d = r.descriptor.as_ref()?;
             let epoch = d.epoch.unwrap_or_default();
@@ -260,7 +302,7 @@ async fn status_json(node: &NodeProbe) -> serde_json::Value {
         })
         .collect();
     let leaders = ranges.iter().filter(|r| r.leader_node == me).count();
-    let leaderless = ranges.iter().filter(|r| r.leader_node == 0).count();
+    let leaderless = node.leaderless().await.map(|(_, missing)| missing);
     let peers: Vec<serde_json::Value> = node
         .peers()
         .into_iter()
@@ -276,6 +318,7 @@ async fn status_json(node: &NodeProbe) -> serde_json::Value {
         "leaders": leaders,
         "leaderless": leaderless,
         "peers": peers,
+        "range_list_truncated": ranges.len() > limit,
         "range_list": list,
     })
 }

@@ -13,6 +13,7 @@ mod probe;
 mod service;
 
 pub use self::probe::{NodeProbe, PeerState};
+pub use self::service::NEMESIS_ENV;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -359,6 +360,13 @@ impl Node {
             ));
         }
         tracing::info!(node = node_id, addr = ?transport.local_addr(), "node started");
+        if cfg!(feature = "nemesis") && std::env::var_os(NEMESIS_ENV).is_some() {
+            tracing::warn!(
+                node = node_id,
+                "FAULT INJECTION IS ON (a test build run with {NEMESIS_ENV}=1): any client \
+                 can partition this node or crash it. Never run this in production."
+            );
+        }
         Ok(Self {
             node_id,
             engine,

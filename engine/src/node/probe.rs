@@ -47,6 +47,17 @@ impl NodeProbe {
         self.service.ranges().await
     }
 
+    /// How many replicas this node hosts and which of them know no leader (range ids, sorted);
+    /// `None` when a poller did not answer (overloaded or stopped).
+    pub async fn leaderless(&self) -> Option<(usize, Vec<u64>)> {
+        self.service.leaderless().await
+    }
+
+    /// Whether the node halted (a storage failure): it serves nothing and must restart.
+    pub fn is_halted(&self) -> bool {
+        self.service.handle.is_halted()
+    }
+
     /// Where member `node_id` listens now (its name resolved to a new address, say).
     pub fn learn_peer(&self, node_id: u64, addr: std::net::SocketAddr) {
         self.service.learn_peer(node_id, addr);

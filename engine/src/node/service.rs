@@ -50,6 +50,10 @@ pub(crate) struct Service {
     pub(crate) transport: parking_lot::RwLock<Option<flotilla_transport::Transport>>,
 }
 
+/// A build with the `nemesis` feature takes `nemesis.Faults` only from a process started with
+/// this variable set (so a test-built binary run by hand injects no faults).
+pub const NEMESIS_ENV: &str = "FLOTILLA_NEMESIS";
+
 fn bad_request(what: &str, e: impl std::fmt::Display) -> RpcStatus {
     RpcStatus::new(RpcCode::BadRequest, format!("undecodable {what}: {e}"))
 }
@@ -189,11 +193,20 @@ impl Service {
         }
     }
 
-    /// Fault tests (the `nemesis` feature): sets the Raft traffic this node drops and
-    /// configures a failpoint.
+    /// Fault tests (the `nemesis` feature, and [`NEMESIS_ENV`] set in the process): sets the
+    /// Raft traffic this node drops and configures a failpoint.
     #[cfg(feature = "nemesis")]
     fn inject(&self, faults: &flotilla_transport::service::NemesisFaults) -> Result<(), RpcStatus> {
-        if let Some(transport) = self.transport.read().as_ref() {
+        if std::env::var_os(NEMESIS_ENV).is_none() {
+            return Err(RpcStatus::new(
+                RpcCode::UnknownMethod,
+                format!("fault injection is off: this process runs without {NEMESIS_ENV}=1"),
+            ));
+        }
+        if faults.partition {
+            let transport = self.transport.read().clone().ok_or_else(|| {
+                RpcStatus::new(RpcCode::Unavailable, "the node's transport is not running")
+            })?;
             transport.set_faults(&faults.drop_to, &faults.drop_from);
         }
         if !faults.failpoint.is_empty() {
@@ -521,6 +534,28 @@ impl Service {
             r.size_bytes = load.size_bytes;
         }
         ranges
+    }
+
+    /// How many replicas this node hosts and which of them know no leader; `None` when a poller
+    /// did not answer (its mailbox is full, or it stopped): the node cannot vouch for itself.
+    pub(crate) async fn leaderless(&self) -> Option<(usize, Vec<u64>)> {
+        let answers = self.handle.on_every_store(|store| {
+            let ids: Vec<u64> = store.range_ids().collect();
+            let missing: Vec<u64> = ids
+                .iter()
+                .copied()
+                .filter(|id| store.peer(*id).is_some_and(|p| p.knows_no_leader()))
+                .collect();
+            (ids.len(), missing)
+        });
+        let (mut hosted, mut missing) = (0, Vec::new());
+        for answer in answers {
+            let (n, m) = answer.await.ok()?;
+            hosted += n;
+            missing.extend(m);
+        }
+        missing.sort_unstable();
+        Some((hosted, missing))
     }
 
     async fn cluster_info(&self) -> ClusterInfo {

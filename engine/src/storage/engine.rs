@@ -258,7 +258,8 @@ impl Engine {
         let mut opts = WriteOptions::default();
         if crate::fail_point_set("storage::crash_before_sync") {
             // Fault tests: the round reaches the OS, and the process dies before the sync
-            // (nothing of it was acknowledged or sent).
+            // (nothing of it was acknowledged or sent). A process crash, not a power loss:
+            // what reached the OS survives it.
             opts.set_sync(false);
             let _ = self.db.write_opt(batch, &opts);
             tracing::error!("failpoint storage::crash_before_sync: aborting the process");

@@ -255,6 +255,14 @@ impl Peer {
         &mut self.raw
     }
 
+    /// Knows no leader of its range and is not the leader: the range cannot serve through this
+    /// replica now (the `flotilla_store_leaderless_ranges` gauge and the status port's
+    /// readiness count the same thing).
+    pub fn knows_no_leader(&self) -> bool {
+        let status = self.raw.status();
+        status.leader_id == 0 && status.role != crate::raft::Role::Leader
+    }
+
     pub fn applier(&self) -> &RangeApplier {
         &self.applier
     }

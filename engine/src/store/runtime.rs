@@ -43,7 +43,7 @@ use super::peer::{prepare_snapshot, PeerError};
 use super::replicas::{
     Command as StoreCommand, Outcome, Proposal, ProposeRefused, Store, StoreRound,
 };
-use super::slow::{read_op, write_op, Timing};
+use super::slow::{read_op, respond, write_op, Timing};
 use crate::kv::{self, check_range, KvConfig, KvError};
 use crate::raft::{Config, ReadError as RaftReadError, Role};
 use crate::storage::{Engine, ReceivedSnapshot, SnapshotParts};
@@ -900,13 +900,16 @@ impl Poller {
             _ => None,
         };
         if let Err(e) = self.precheck(operation.is_some(), "write") {
-            let _ = reply.send(Err(e.into()));
+            respond(self.config.slow_request, &timing, reply, Err(e.into()));
             return;
         }
         let (Some(header), Some(operation)) = (command.header, operation) else {
-            let _ = reply.send(Err(
-                KvError::Malformed("a write needs a header".into()).into()
-            ));
+            respond(
+                self.config.slow_request,
+                &timing,
+                reply,
+                Err(KvError::Malformed("a write needs a header".into()).into()),
+            );
             return;
         };
         let range_id = header.range_id;
@@ -915,7 +918,7 @@ impl Poller {
         }
         match self.store.propose(header, operation, now_ms()) {
             Ok(Proposal::Answered(response)) => {
-                let _ = reply.send(Ok(*response));
+                respond(self.config.slow_request, &timing, reply, Ok(*response));
             }
             Ok(Proposal::Pending(ticket)) => {
                 metrics::counter!("flotilla_raft_proposals_total").increment(1);
@@ -938,13 +941,18 @@ impl Poller {
             }
             Err(ProposeRefused::NotLeader { .. }) => {
                 let e = self.not_leader(range_id);
-                let _ = reply.send(Err(e.into()));
+                respond(self.config.slow_request, &timing, reply, Err(e.into()));
             }
             Err(ProposeRefused::Kv(e)) => {
-                let _ = reply.send(Err(e.into()));
+                respond(self.config.slow_request, &timing, reply, Err(e.into()));
             }
             Err(ProposeRefused::Busy { reason, .. }) => {
-                let _ = reply.send(Err(KvError::ServerBusy(reason).into()));
+                respond(
+                    self.config.slow_request,
+                    &timing,
+                    reply,
+                    Err(KvError::ServerBusy(reason).into()),
+                );
             }
         }
     }
@@ -958,13 +966,18 @@ impl Poller {
     ) {
         let timing = Timing::new(read_op(&request), request.range_id, submitted);
         if let Err(e) = self.precheck(request.request.is_some(), "read") {
-            let _ = reply.send(Err(e.into()));
+            respond(self.config.slow_request, &timing, reply, Err(e.into()));
             return;
         }
         let range_id = request.range_id;
         self.load.read(range_id);
         let Some(peer) = self.store.peer_mut(range_id) else {
-            let _ = reply.send(Err(KvError::RangeNotFound(range_id).into()));
+            respond(
+                self.config.slow_request,
+                &timing,
+                reply,
+                Err(KvError::RangeNotFound(range_id).into()),
+            );
             return;
         };
         if let Err(e) = check_range(
@@ -972,7 +985,7 @@ impl Poller {
             range_id,
             request.epoch.as_ref(),
         ) {
-            let _ = reply.send(Err(e.into()));
+            respond(self.config.slow_request, &timing, reply, Err(e.into()));
             return;
         }
         let consistency =
@@ -985,7 +998,12 @@ impl Poller {
             {
                 metrics::counter!("flotilla_store_stale_reads_total", "served" => "local")
                     .increment(1);
-                let _ = reply.send(self.store.serve_read(&request));
+                respond(
+                    self.config.slow_request,
+                    &timing,
+                    reply,
+                    self.store.serve_read(&request),
+                );
                 return;
             }
             // Not provably fresh enough: a ReadIndex round (never staler, maybe slower).
@@ -995,7 +1013,7 @@ impl Poller {
             }
             ReadConsistency::Linearizable if !is_leader => {
                 let e = self.not_leader(range_id);
-                let _ = reply.send(Err(e.into()));
+                respond(self.config.slow_request, &timing, reply, Err(e.into()));
                 return;
             }
             _ => {}
@@ -1022,16 +1040,26 @@ impl Poller {
             }
             Err(RaftReadError::NoLeader) => {
                 let e = self.not_leader(range_id);
-                let _ = reply.send(Err(e.into()));
+                respond(self.config.slow_request, &timing, reply, Err(e.into()));
             }
             Err(RaftReadError::TooManyPending { limit }) => {
-                let _ = reply.send(Err(KvError::ServerBusy(format!(
-                    "{limit} reads already wait for the leader"
-                ))
-                .into()));
+                respond(
+                    self.config.slow_request,
+                    &timing,
+                    reply,
+                    Err(
+                        KvError::ServerBusy(format!("{limit} reads already wait for the leader"))
+                            .into(),
+                    ),
+                );
             }
             Err(RaftReadError::Halted(why)) => {
-                let _ = reply.send(Err(RequestError::Unavailable(why)));
+                respond(
+                    self.config.slow_request,
+                    &timing,
+                    reply,
+                    Err(RequestError::Unavailable(why)),
+                );
             }
         }
     }
@@ -1172,8 +1200,8 @@ impl Poller {
         self.confirmed.retain(|_, w| !w.is_empty());
         for id in done {
             if let Some(read) = self.reads.remove(&id) {
-                read.timing.finish(self.config.slow_request, "ok");
-                let _ = read.reply.send(self.store.serve_read(&read.request));
+                let result = self.store.serve_read(&read.request);
+                respond(self.config.slow_request, &read.timing, read.reply, result);
             }
         }
     }
@@ -1340,7 +1368,7 @@ impl Poller {
             lag += status
                 .committed
                 .saturating_sub(peer.applier().applied_index());
-            leaderless += u64::from(status.leader_id == 0 && status.role != Role::Leader);
+            leaderless += u64::from(peer.knows_no_leader());
             if status.role != Role::Leader {
                 self.reported.remove(range_id);
                 continue;

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use flotilla_transport::kv::{write_request, RaftCommand};
 use flotilla_transport::service::{read_request, ReadRequest};
+use tokio::sync::oneshot;
+
+use super::runtime::RequestError;
 
 /// The operation a write names, as metrics and logs label it.
 pub fn write_op(command: &RaftCommand) -> &'static str {
@@ -95,6 +98,28 @@ impl Timing {
             ),
         }
     }
+}
+
+/// What a request was answered, as the slow-request log names it.
+fn outcome_of<T>(result: &Result<T, RequestError>) -> String {
+    match result {
+        Ok(_) => "ok".into(),
+        Err(RequestError::Refused(e)) => format!("refused: {e}"),
+        Err(RequestError::Unavailable(why)) => format!("unavailable: {why}"),
+    }
+}
+
+/// Answers a request, logging it first when it took longer than `threshold`.
+pub(crate) fn respond<T>(
+    threshold: Duration,
+    timing: &Timing,
+    reply: oneshot::Sender<Result<T, RequestError>>,
+    result: Result<T, RequestError>,
+) {
+    if !threshold.is_zero() {
+        timing.finish(threshold, &outcome_of(&result));
+    }
+    let _ = reply.send(result);
 }
 
 #[cfg(test)]

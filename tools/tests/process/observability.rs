@@ -497,6 +497,17 @@ fn the_compose_k8s_and_systemd_files_name_what_they_must() {
         dockerfile.matches("FROM ").count() >= 2,
         "a multi-stage Dockerfile"
     );
+    // The binary embeds deploy/flotilla.toml: the build needs it (and each crate).
+    for copied in [
+        "COPY deploy/flotilla.toml",
+        "COPY transport",
+        "COPY engine",
+        "COPY router",
+        "COPY placement",
+        "COPY tools",
+    ] {
+        assert!(dockerfile.contains(copied), "the Dockerfile lacks {copied}");
+    }
 
     let k8s = yaml(&deploy().join("k8s/flotilla.yaml"));
     let sets: Vec<&yaml_rust2::Yaml> = k8s
@@ -548,6 +559,122 @@ fn the_compose_k8s_and_systemd_files_name_what_they_must() {
     ] {
         assert!(unit.contains(line), "flotilla.service lacks {line}");
     }
+}
+
+#[test]
+fn the_shipped_node_configs_pass_flotilla_config_check() {
+    let check = |path: &Path| {
+        run(Command::new(crate::support::FLOTILLA)
+            .args(["config", "check"])
+            .arg(path))
+    };
+    for n in 1..=3 {
+        check(&deploy().join(format!("compose/n{n}.toml")));
+    }
+    // The StatefulSet's container writes its config from the ConfigMap and its ordinal: run
+    // that script, then check what it wrote (with the node id and peers it passes as flags).
+    let k8s = yaml(&deploy().join("k8s/flotilla.yaml"));
+    let map = k8s
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("ConfigMap"))
+        .expect("ConfigMap");
+    let base = map["data"]["flotilla.toml"]
+        .as_str()
+        .expect("flotilla.toml");
+    let set = k8s
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("StatefulSet"))
+        .expect("StatefulSet");
+    let container = &set["spec"]["template"]["spec"]["containers"][0];
+    let script = container["args"][0]
+        .as_str()
+        .expect("the container's script");
+    let initial = container["env"]
+        .as_vec()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"].as_str() == Some("FLOTILLA_INITIAL_CLUSTER"))
+        .and_then(|e| e["value"].as_str())
+        .expect("FLOTILLA_INITIAL_CLUSTER");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let map_file = dir.path().join("map.toml");
+    std::fs::write(&map_file, base).expect("write");
+    let written = dir.path().join("flotilla.toml");
+    let exec_line = script
+        .lines()
+        .find(|l| l.trim_start().starts_with("exec flotilla server"))
+        .expect("the script execs the server");
+    let script = script
+        .replace(exec_line, "echo \"$ID\"")
+        .replace(
+            "/etc/flotilla/config/flotilla.toml",
+            &map_file.display().to_string(),
+        )
+        .replace("/tmp/flotilla.toml", &written.display().to_string());
+    let out = Command::new("sh")
+        .args(["-c", &script])
+        .env("HOSTNAME", "flotilla-2")
+        .output()
+        .expect("sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "3",
+        "ordinal 2 is node 3"
+    );
+    let full = dir.path().join("full.toml");
+    std::fs::write(
+        &full,
+        format!(
+            "node-id = 3\ninitial-cluster = \"{initial}\"\n{}",
+            std::fs::read_to_string(&written).expect("written")
+        ),
+    )
+    .expect("write");
+    assert!(exec_line.contains("--node-id"), "{exec_line}");
+    check(&full);
+    // And the check refuses what the server would.
+    std::fs::write(&full, "node-id = 1\nlisten = \"nowhere\"\n").expect("write");
+    let refused = Command::new(crate::support::FLOTILLA)
+        .args(["config", "check"])
+        .arg(&full)
+        .output()
+        .expect("run");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("listen"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_the_fault_switch_refuses_fault_injection() {
+    let cluster = ProcessCluster::start_without_faults(1);
+    let _ = cluster.client().await;
+    let config = cluster.client_config();
+    let endpoint = flotilla_transport::ClientEndpoint::new(
+        &cluster.cluster_id,
+        config.tls.as_ref().expect("tls"),
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .expect("endpoint");
+    let body = prost::Message::encode_to_vec(&flotilla_transport::service::NemesisFaults {
+        partition: true,
+        drop_to: vec![2],
+        ..Default::default()
+    });
+    let answer = endpoint
+        .call(
+            cluster.node(1).listen,
+            "nemesis.Faults",
+            body.into(),
+            std::time::Duration::from_secs(5),
+        )
+        .await;
+    let error = answer.expect_err("refused").to_string();
+    assert!(error.contains("fault injection is off"), "{error}");
+    endpoint.close().await;
 }
 
 #[test]

@@ -62,7 +62,6 @@ impl NodeProcess {
         self.dir.join("server.log")
     }
 
-    #[allow(dead_code)] // the nemesis (issue 11) pauses nodes
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
@@ -79,6 +78,8 @@ pub struct ProcessCluster {
     pub dir: tempfile::TempDir,
     pub cluster_id: String,
     pub nodes: Vec<NodeProcess>,
+    /// Whether the nodes run with fault injection on (`FLOTILLA_NEMESIS=1`).
+    faults: bool,
 }
 
 fn signal(pid: u32, sig: &str) {
@@ -92,6 +93,15 @@ impl ProcessCluster {
     /// Starts `n` nodes; `extra` goes into every node's config file before its `[tls]`
     /// section (top-level keys first, then sections such as `[raft]` or `[placement]`).
     pub fn start(n: u64, extra: &str) -> Self {
+        Self::start_nodes(n, extra, true)
+    }
+
+    /// [`ProcessCluster::start`] with fault injection off, as a user runs the binary.
+    pub fn start_without_faults(n: u64) -> Self {
+        Self::start_nodes(n, "", false)
+    }
+
+    fn start_nodes(n: u64, extra: &str, faults: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let cluster_id = "proc".to_string();
         let certs = dir.path().join("certs");
@@ -139,6 +149,7 @@ impl ProcessCluster {
             dir,
             cluster_id,
             nodes,
+            faults,
         };
         for id in 1..=n {
             cluster.spawn(id);
@@ -156,6 +167,7 @@ impl ProcessCluster {
 
     /// Starts node `id` (again), its output appended to its log.
     pub fn spawn(&mut self, id: u64) {
+        let faults = self.faults;
         let p = self.node_mut(id);
         assert!(!p.is_running(), "node {id} runs already");
         let log = std::fs::OpenOptions::new()
@@ -163,7 +175,13 @@ impl ProcessCluster {
             .append(true)
             .open(p.log_path())
             .expect("open log");
-        let child = Command::new(FLOTILLA)
+        let mut command = Command::new(FLOTILLA);
+        if faults {
+            command.env(flotilla_engine::node::NEMESIS_ENV, "1");
+        } else {
+            command.env_remove(flotilla_engine::node::NEMESIS_ENV);
+        }
+        let child = command
             .arg("server")
             .arg("--config")
             .arg(p.config_path())
@@ -185,14 +203,12 @@ impl ProcessCluster {
     }
 
     /// SIGSTOP: the process freezes (its sockets stay open, nothing answers).
-    #[allow(dead_code)] // the nemesis (issue 11)
     pub fn pause(&mut self, id: u64) {
         if let Some(pid) = self.node(id).pid() {
             signal(pid, "STOP");
         }
     }
 
-    #[allow(dead_code)] // the nemesis (issue 11)
     pub fn resume(&mut self, id: u64) {
         if let Some(pid) = self.node(id).pid() {
             signal(pid, "CONT");
