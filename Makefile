@@ -72,7 +72,7 @@ CLIENTS ?= 4
 SEED ?= $$(date +%s)
 nemesis: setup
 	FLOTILLA_NEMESIS_SEED=$(SEED) FLOTILLA_NEMESIS_SECONDS=$(DURATION) FLOTILLA_NEMESIS_NODES=$(NODES) \
-	  FLOTILLA_NEMESIS_CLIENTS=$(CLIENTS) $${OUT:+FLOTILLA_NEMESIS_OUT=$$OUT} \
+	  FLOTILLA_NEMESIS_CLIENTS=$(CLIENTS) FLOTILLA_NEMESIS_OUT=$${OUT:-} \
 	  $(CARGO) test -p flotilla-tools --test process nemesis::run -- --nocapture
 
 # cargo-fuzz over every decoder of bytes from a peer, a client or the disk (nightly; installs
