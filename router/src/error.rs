@@ -48,6 +48,14 @@ impl ClientError {
 
     /// Whether a write that failed with this error may have applied.
     pub fn may_have_applied(&self) -> bool {
-        matches!(self, ClientError::Indeterminate { .. })
+        matches!(
+            self,
+            ClientError::Indeterminate { .. }
+                // The session already applied that sequence number; only its answer is gone.
+                | ClientError::Refused {
+                    code: ErrorCode::ResponseDiscarded,
+                    ..
+                }
+        )
     }
 }

@@ -953,8 +953,9 @@ impl Store {
             } else {
                 match finished.applied.iter().find(|a| a.index == index) {
                     Some(a) => Outcome::Applied(Box::new(a.response.clone())),
-                    // Our own proposals are commands; an entry without a response was not one.
-                    None => Outcome::Dropped,
+                    // Our own proposals are commands and answer when applied; an entry of ours
+                    // without a response is not known to have failed, so say nothing certain.
+                    None => Outcome::Unknown,
                 }
             };
             out.completed.push((ticket, outcome));

@@ -119,9 +119,9 @@ impl Nemesis {
         }
     }
 
-    /// Holds a fault for 1-4 s: long past an election timeout (1-2 s).
+    /// Holds a fault for 2-5 s: past an election timeout (1-2 s).
     pub(super) async fn hold(&mut self) {
-        let ms = self.rng.random_range(1_000..4_000);
+        let ms = self.rng.random_range(2_000..5_000);
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
 
@@ -161,10 +161,37 @@ impl Nemesis {
         }
     }
 
+    /// Clears every node's partition; a node that does not take it is restarted (a new
+    /// process starts with none).
     pub(super) async fn heal_network(&mut self) {
         for id in self.ids() {
-            self.faults(id, Some((&[], &[])), ("", "")).await;
+            if !self.faults(id, Some((&[], &[])), ("", "")).await
+                && self.cluster.nodes[(id - 1) as usize].is_running()
+            {
+                eprintln!("nemesis: node {id} did not take its heal: restarting it");
+                self.cluster.kill(id);
+                self.cluster.spawn(id);
+            }
         }
+    }
+
+    /// Nodes that are not running though no fault stopped them (the nemesis restarts every
+    /// node it stopped before its next fault): each a finding, with the end of its log; they
+    /// are started again.
+    pub(super) fn unexpected_exits(&mut self) -> Vec<String> {
+        let mut found = Vec::new();
+        for id in self.ids() {
+            if !self.cluster.nodes[(id - 1) as usize].is_running() {
+                let log = self.cluster.log(id);
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                found.push(format!(
+                    "node {id} exited by itself; its log ends: {:?}",
+                    tail.into_iter().rev().collect::<Vec<_>>()
+                ));
+                self.cluster.spawn(id);
+            }
+        }
+        found
     }
 
     /// Isolates `side` from the rest, both ways.
@@ -223,7 +250,7 @@ impl Nemesis {
                 self.cluster.resume(id);
             }
             "partition" => {
-                let size = self.rng.random_range(1..=n.saturating_sub(1) / 2).max(1);
+                let size = self.rng.random_range(1..=(n.saturating_sub(1) / 2).max(1));
                 let mut side = ids.clone();
                 while side.len() > size {
                     let i = self.rng.random_range(0..side.len());
@@ -325,11 +352,20 @@ impl Nemesis {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 if !exited {
+                    // Met (halted, or wrote on) but still running, or not answering at all:
+                    // the node went on instead of stopping.
                     let after = self.synced_writes(id).await;
-                    if after > before {
+                    let status = self.cluster.node(id).status;
+                    let health = tokio::task::spawn_blocking(move || {
+                        crate::support::http_get(status, "/health").map(|(code, _)| code)
+                    })
+                    .await
+                    .ok()
+                    .flatten();
+                    if after.is_none() || after > before || health != Some(200) {
                         self.violations.push(format!(
-                            "{fault} on node {id}: it went on writing ({before:?} -> {after:?} \
-                             synced writes) instead of stopping"
+                            "{fault} on node {id}: still running 40 s after it (synced writes \
+                             {before:?} -> {after:?}, /health {health:?})"
                         ));
                     } else {
                         // Not counted: the node never met the fault.

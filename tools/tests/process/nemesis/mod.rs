@@ -157,6 +157,9 @@ async fn run() {
         // A quiet spell, then the next fault.
         let ms = nemesis.rng.random_range(500..2_000);
         tokio::time::sleep(Duration::from_millis(ms)).await;
+        // Every node runs between faults: one that exited by itself is a finding.
+        let exits = nemesis.unexpected_exits();
+        nemesis.violations.extend(exits);
         nemesis.step().await;
     }
 
@@ -167,21 +170,36 @@ async fn run() {
         nemesis.cluster.resume(*id);
     }
     nemesis.restart(&all).await;
-    eventually_within("the healed cluster to serve", DEADLINE * 2, || {
-        let admin = &nemesis.admin;
-        async move { admin.get("r0").await.ok().map(|_| ()) }
-    })
+    // Every key must be readable again (each range has a leader), with the workers still on.
+    eventually_within(
+        "the healed cluster to serve every key",
+        DEADLINE * 2,
+        || {
+            let admin = &nemesis.admin;
+            async move {
+                for key in (0..REGISTERS)
+                    .map(|k| format!("r{k}"))
+                    .chain((0..COUNTERS).map(|j| format!("c{j}")))
+                {
+                    admin.get(&key).await.ok()?;
+                }
+                admin.scan("w/".."w0").collect().await.ok().map(|_| ())
+            }
+        },
+    )
     .await;
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         w.await.expect("worker");
     }
+    let mut problems: Vec<String> = std::mem::take(&mut nemesis.violations);
+    problems.extend(nemesis.unexpected_exits());
 
     // Final reads, after every worker finished: the registers, the counters, the inserts.
-    let mut problems: Vec<String> = std::mem::take(&mut nemesis.violations);
-    problems.extend(shared.violations.lock().drain(..));
     for k in 0..REGISTERS {
-        get_register(&shared, &nemesis.admin, 0, k).await;
+        if !get_register(&shared, &nemesis.admin, 0, k).await {
+            problems.push(format!("the final read of r{k} failed"));
+        }
     }
     let mut finals = BTreeMap::new();
     for j in 0..COUNTERS {
@@ -190,7 +208,14 @@ async fn run() {
         let ret = shared.tick();
         match ret_value {
             Ok(kv) => {
-                let value = kv.as_ref().and_then(|kv| parse_value(&kv.value));
+                let value = match kv.as_ref().map(|kv| parse_value(&kv.value)) {
+                    None => None,
+                    Some(Some(v)) => Some(v),
+                    Some(None) => {
+                        problems.push(format!("{key} holds {:?}, not a number", kv));
+                        None
+                    }
+                };
                 shared.ops.lock().push(Operation {
                     client: 0,
                     key: REGISTERS + j,
@@ -215,6 +240,8 @@ async fn run() {
     };
 
     // The checks.
+    // The workers' own findings, and those of the final reads.
+    problems.extend(shared.violations.lock().drain(..));
     let ops = shared.ops.lock().clone();
     let linearizable = check_history(&ops);
     if let Err(e) = &linearizable {
@@ -260,7 +287,11 @@ async fn run() {
                 .map(|d| (d.start_key.to_vec(), d.end_key.to_vec(), d.id))
                 .collect();
             spans.sort();
-            let covered = spans.first().is_some_and(|f| f.0.len() <= 1)
+            // The user keyspace starts at the empty key or at the user-key prefix (0x01) when
+            // the meta range is not listed.
+            let covered = spans
+                .first()
+                .is_some_and(|f| f.0.is_empty() || f.0 == [0x01])
                 && spans.last().is_some_and(|l| l.1.is_empty())
                 && spans.windows(2).all(|w| w[0].1 == w[1].0);
             if !covered {

@@ -149,7 +149,8 @@ pub(super) async fn put_register(shared: &Shared, client: &Client, worker: u64, 
     }
 }
 
-pub(super) async fn get_register(shared: &Shared, client: &Client, worker: u64, k: u64) {
+/// A linearizable read of register `k`; whether it was answered.
+pub(super) async fn get_register(shared: &Shared, client: &Client, worker: u64, k: u64) -> bool {
     let key = format!("r{k}");
     let (call, call_ms) = (shared.tick(), shared.ms());
     let r = client.get(&key).await;
@@ -162,7 +163,7 @@ pub(super) async fn get_register(shared: &Shared, client: &Client, worker: u64, 
                     Some(v) => Some(v),
                     None => {
                         shared.violation(format!("{key} holds {:?}, not a value", kv.value));
-                        return;
+                        return true;
                     }
                 },
             };
@@ -183,17 +184,21 @@ pub(super) async fn get_register(shared: &Shared, client: &Client, worker: u64, 
                 call,
                 ret: Some(ret),
             });
+            true
         }
-        Err(e) => shared.record(
-            worker,
-            "get",
-            &key,
-            call,
-            ret,
-            call_ms,
-            Outcome::Failed,
-            json!({ "error": e.to_string() }),
-        ),
+        Err(e) => {
+            shared.record(
+                worker,
+                "get",
+                &key,
+                call,
+                ret,
+                call_ms,
+                Outcome::Failed,
+                json!({ "error": e.to_string() }),
+            );
+            false
+        }
     }
 }
 
@@ -381,7 +386,7 @@ pub(super) async fn worker(
             }
             40..72 => {
                 let k = rng.random_range(0..REGISTERS);
-                get_register(&shared, &client, id, k).await;
+                let _ = get_register(&shared, &client, id, k).await;
             }
             72..84 => {
                 let j = rng.random_range(0..COUNTERS);
