@@ -33,10 +33,9 @@ pub struct Cluster {
     client_tls: TlsConfig,
 }
 
-fn free_port() -> u16 {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-    socket.local_addr().expect("addr").port()
-}
+#[path = "../common/ports.rs"]
+mod ports;
+use self::ports::free_port;
 
 /// Polls `check` until it returns `Some`, or panics with `what` after [`DEADLINE`].
 pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T

@@ -34,16 +34,9 @@ where
     }
 }
 
-/// A port nobody listens on now (UDP and TCP both free at the time of asking).
-pub fn free_port() -> u16 {
-    loop {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp");
-        let port = udp.local_addr().expect("addr").port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
+#[path = "../common/ports.rs"]
+mod ports;
+pub use self::ports::free_port;
 
 pub struct NodeProcess {
     pub id: u64,
